@@ -1,0 +1,100 @@
+"""``create_app(config)``: wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from bridge import __version__
+from bridge.auth.cache import CachedAuthenticator
+from bridge.auth.middleware import auth_middleware
+from bridge.auth.verifier import IntrospectionVerifier
+from bridge.config import BridgeConfig
+from bridge.errors import IssuerUnavailable, error_middleware
+from bridge.homeserver.appservice import AppserviceClient
+from bridge.homeserver.masquerade import Masquerade
+from bridge.issuer.introspection import Introspector
+from bridge.issuer.metadata import IssuerMetadata
+from bridge.proxy import Forwarder
+from bridge.routes import client, discovery, well_known
+from bridge.routes.cors import add_cors_headers, preflight_middleware
+from bridge.routes.refused import refused_middleware
+from bridge.state import AUTHENTICATOR, CONFIG, FORWARDER, ISSUER_METADATA, STRATEGY
+
+log = logging.getLogger("bridge.app")
+
+USER_AGENT = f"matrix-oidc-bridge/{__version__}"
+
+
+def _session(**kwargs: object) -> aiohttp.ClientSession:
+    # No cookie jar: one pooled session serves every user.
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def issuer_client(app: web.Application) -> AsyncIterator[None]:
+    """Issuer session, discovery (fetched now, refreshed in the background), token cache."""
+    config = app[CONFIG]
+    async with _session() as session:
+        metadata = IssuerMetadata(session, config.issuer)
+        try:
+            await metadata.fetch()
+        except IssuerUnavailable as e:
+            log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
+        app[ISSUER_METADATA] = metadata
+        verifier = IntrospectionVerifier(
+            Introspector(session, metadata, config.issuer),
+            server_name=config.server_name,
+            localpart_claim=config.issuer.localpart_claim,
+        )
+        app[AUTHENTICATOR] = CachedAuthenticator(verifier, config.token_cache)
+        refresh = asyncio.create_task(metadata.refresh_forever())
+        yield
+        refresh.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresh
+
+
+async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
+    """The one pooled homeserver session, the identity strategy and the forwarder."""
+    config = app[CONFIG]
+    # Bodies pass through as the homeserver encoded them; nothing is added
+    # that the client did not send itself.
+    async with _session(
+        auto_decompress=False,
+        skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+    ) as session:
+        strategy = Masquerade(AppserviceClient(session, config), config)
+        app[STRATEGY] = strategy
+        # Derived, so operators have one secret fewer to manage.
+        txn_key = hmac.new(
+            config.appservice.as_token.encode(), b"matrix-oidc-bridge txnId", hashlib.sha256
+        ).digest()
+        app[FORWARDER] = Forwarder(session, config.homeserver, strategy, txn_key)
+        yield
+
+
+def create_app(config: BridgeConfig) -> web.Application:
+    """The client-facing application for ``config``."""
+    app = web.Application(
+        middlewares=[error_middleware, preflight_middleware, refused_middleware, auth_middleware]
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.append(issuer_client)
+    app.cleanup_ctx.append(homeserver_client)
+    app.on_response_prepare.append(add_cors_headers)
+    well_known.add_routes(app)
+    discovery.add_routes(app)
+    client.add_routes(app)
+    return app

@@ -1,0 +1,1 @@
+"""Bearer token → Matrix identity: verification, caching and the auth middleware."""

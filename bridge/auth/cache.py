@@ -1,0 +1,72 @@
+"""The validated-token cache, in front of any :class:`TokenVerifier`.
+
+Keys are SHA-256 digests of the token, never the token. A positive answer is
+kept for min(configured maximum, time left on the token); a negative one for
+a short while; an issuer failure is never kept. Concurrent requests with the
+same unknown token share one verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from cachetools import TLRUCache
+
+from bridge.auth.identity import Identity
+from bridge.auth.verifier import TokenVerifier, Verdict
+from bridge.config import TokenCacheConfig
+from bridge.singleflight import SingleFlight
+
+
+def token_key(token: str) -> bytes:
+    """The cache key of a token: its SHA-256 digest."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _deadline(_key: bytes, entry: tuple[Verdict, float], _now: float) -> float:
+    return entry[1]
+
+
+class CachedAuthenticator:
+    """Token → :class:`Identity`, through a bounded TTL cache and single-flight."""
+
+    def __init__(self, verifier: TokenVerifier, config: TokenCacheConfig) -> None:
+        self._verifier = verifier
+        self._config = config
+        self._cache: TLRUCache[bytes, tuple[Verdict, float]] = TLRUCache(
+            maxsize=config.max_size, ttu=_deadline, timer=time.monotonic
+        )
+        self._inflight: SingleFlight[bytes, Verdict] = SingleFlight()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    async def authenticate(self, token: str) -> Identity:
+        """The identity behind ``token``; UnknownToken or IssuerUnavailable otherwise."""
+        key = token_key(token)
+        entry = self._cache.get(key)
+        if entry is not None:
+            self.hits += 1
+            return entry[0].identity_or_raise()
+        self.misses += 1
+        verdict = await self._inflight.run(key, lambda: self._verify_and_keep(key, token))
+        return verdict.identity_or_raise()
+
+    def forget(self, token: str) -> None:
+        """Drop a token (e.g. after logout) so its next use asks the issuer again."""
+        self._cache.pop(token_key(token), None)
+
+    async def _verify_and_keep(self, key: bytes, token: str) -> Verdict:
+        verdict = await self._verifier.verify(token)
+        if verdict.identity is None:
+            ttl = self._config.negative_ttl
+        else:
+            ttl = self._config.max_ttl
+            if verdict.expires_at is not None:
+                ttl = min(ttl, verdict.expires_at - time.time())
+        if ttl > 0:
+            self._cache[key] = (verdict, time.monotonic() + ttl)
+        return verdict

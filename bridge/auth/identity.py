@@ -1,0 +1,79 @@
+"""Turning an active token's claims into a Matrix identity (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NewType
+
+from bridge.errors import UnknownToken
+
+UserID = NewType("UserID", str)
+DeviceID = NewType("DeviceID", str)
+
+API_SCOPES = frozenset({"urn:matrix:client:api:*", "urn:matrix:org.matrix.msc2967.client:api:*"})
+DEVICE_SCOPE_PREFIXES = (
+    "urn:matrix:client:device:",
+    "urn:matrix:org.matrix.msc2967.client:device:",
+)
+
+# The user-ID grammar for new users (spec appendix "User Identifiers").
+_LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+# Device IDs travel in query strings and paths (percent-encoded); allow the
+# characters an OAuth scope token can carry, as MAS does, and nothing else.
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}$")
+_MAX_USER_ID = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request is from, as the homeserver must see it."""
+
+    user_id: UserID
+    device_id: DeviceID
+    localpart: str
+
+
+def device_scope(device_id: str, *, unstable: bool = False) -> str:
+    """The scope that names ``device_id`` (stable prefix unless ``unstable``)."""
+    return DEVICE_SCOPE_PREFIXES[1 if unstable else 0] + device_id
+
+
+def identity_from_claims(
+    claims: Mapping[str, object], *, server_name: str, localpart_claim: str
+) -> Identity:
+    """Map an active token's claims (introspection or JWT) to an :class:`Identity`.
+
+    The scope must grant the client API; the device is the ``device_id`` claim
+    (MAS with ``X-MAS-Supports-Device-Id``), else exactly one device scope.
+    Raises :class:`UnknownToken` for a token that cannot act on the client API.
+    """
+    scope = claims.get("scope")
+    scopes = set(scope.split()) if isinstance(scope, str) else set()
+    if not scopes & API_SCOPES:
+        raise UnknownToken("Token does not grant access to the Matrix client API")
+
+    claimed_device = claims.get("device_id")
+    if isinstance(claimed_device, str) and claimed_device:
+        device = claimed_device
+    else:
+        devices = {
+            s[len(prefix) :]
+            for s in scopes
+            for prefix in DEVICE_SCOPE_PREFIXES
+            if s.startswith(prefix)
+        }
+        if len(devices) != 1:
+            raise UnknownToken("Token must name exactly one device in its scope")
+        (device,) = devices
+    if not _DEVICE_ID.match(device):
+        raise UnknownToken("Token names an invalid device ID")
+
+    localpart = claims.get(localpart_claim)
+    if not isinstance(localpart, str) or not _LOCALPART.match(localpart):
+        raise UnknownToken("Token does not carry a valid Matrix localpart")
+    user_id = f"@{localpart}:{server_name}"
+    if len(user_id) > _MAX_USER_ID:
+        raise UnknownToken("Token's user ID is too long")
+    return Identity(UserID(user_id), DeviceID(device), localpart)

@@ -1,0 +1,86 @@
+"""The one auth middleware: bearer token → :class:`Identity` on the request.
+
+It acts on forwarded routes only (those named ``forward:*``); the bridge's own
+endpoints (well-known, discovery) need no token. A forwarded request without
+a token passes anonymously only to the public endpoints the spec leaves
+unauthenticated; anywhere else it is 401 ``M_MISSING_TOKEN`` without the
+homeserver being asked.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from bridge.errors import BadRequest, MissingToken
+from bridge.paths import CLIENT, normalize
+from bridge.state import AUTHENTICATOR, IDENTITY
+
+FORWARDED_ROUTE = "forward:"
+
+_PUBLIC = [
+    (frozenset({"GET"}), re.compile(r"^/_matrix/client/versions$")),
+    (frozenset({"GET", "POST"}), re.compile(rf"^{CLIENT}/login$")),
+    (frozenset({"GET"}), re.compile(rf"^{CLIENT}/login/sso/redirect(?:/.*)?$")),
+    (frozenset({"GET"}), re.compile(rf"^{CLIENT}/publicRooms$")),
+    (frozenset({"GET"}), re.compile(rf"^{CLIENT}/profile/.+$")),
+    (frozenset({"GET"}), re.compile(rf"^{CLIENT}/directory/room/.+$")),
+    (frozenset({"GET"}), re.compile(rf"^{CLIENT}/room_summary/.+$")),
+    (frozenset({"GET"}), re.compile(r"^/_matrix/media/(?:r0|v3)/(?:download|thumbnail)/.+$")),
+    # MSC4108 QR-code login rendezvous: deliberately unauthenticated.
+    (
+        frozenset({"GET", "POST", "PUT", "DELETE"}),
+        re.compile(r"^/_matrix/client/unstable/org\.matrix\.msc4108/rendezvous(?:/.*)?$"),
+    ),
+]
+
+
+def is_public(method: str, path: str) -> bool:
+    """Whether ``method path`` (normalised) may be forwarded without a token."""
+    method = "GET" if method == "HEAD" else method
+    return any(method in methods and rx.match(path) for methods, rx in _PUBLIC)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The access token from the ``Authorization`` header or the deprecated query parameter.
+
+    Two headers, two parameters, or a header and a parameter that differ are
+    ambiguous: 400, rather than guessing which one the client meant.
+    """
+    headers = request.headers.getall("Authorization", [])
+    params = [t for t in request.rel_url.query.getall("access_token", []) if t]
+    if len(headers) > 1:
+        raise BadRequest("Too many Authorization headers")
+    if len(params) > 1:
+        raise BadRequest("Too many access_token parameters")
+    header_token = None
+    if headers:
+        scheme, _, value = headers[0].strip().partition(" ")
+        header_token = value.strip()
+        if scheme.lower() != "bearer" or not header_token:
+            raise MissingToken("Invalid Authorization header")
+    if not params:
+        return header_token
+    if header_token is not None and not hmac.compare_digest(
+        header_token.encode(), params[0].encode()
+    ):
+        raise BadRequest("The Authorization header and the access_token parameter differ")
+    return params[0]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    name = request.match_info.route.name
+    if name is None or not name.startswith(FORWARDED_ROUTE):
+        return await handler(request)
+    token = bearer_token(request)
+    if token is None:
+        if not is_public(request.method, normalize(request.path)):
+            raise MissingToken("Missing access token")
+        request[IDENTITY] = None
+    else:
+        request[IDENTITY] = await request.app[AUTHENTICATOR].authenticate(token)
+    return await handler(request)

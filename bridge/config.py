@@ -1,0 +1,372 @@
+"""Typed, frozen configuration, parsed once from one YAML file.
+
+Every problem is reported as a :class:`~bridge.errors.ConfigError` naming the
+key (``issuer.introspection.client_secret``) and what is wrong with it, before
+the event loop starts. Secrets may be given inline (``as_token``) or as a file
+path (``as_token_file``); ``$VARS`` in file paths are expanded, so systemd
+credentials can be named as ``${CREDENTIALS_DIRECTORY}/as_token``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from bridge.errors import ConfigError
+
+IntrospectionAuth = Literal["client_secret_basic", "client_secret_post", "mas_shared_secret"]
+Strategy = Literal["masquerade"]
+
+# Matrix server names: a hostname or IP literal with an optional port (spec appendix).
+_SERVER_NAME = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?$")
+# Localparts the bridge itself sends as (the appservice sender): the modern grammar.
+_LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where the public (client-facing) listener binds."""
+
+    host: str = "127.0.0.1"
+    port: int = 8008
+
+
+@dataclass(frozen=True)
+class AppserviceConfig:
+    """The bridge's application-service registration on the homeserver."""
+
+    as_token: str
+    hs_token: str
+    id: str = "matrix-oidc-bridge"
+    sender_localpart: str = "oidc-bridge"
+
+
+@dataclass(frozen=True)
+class HomeserverConfig:
+    """The legacy homeserver the bridge forwards to."""
+
+    url: str
+    strategy: Strategy = "masquerade"
+    connect_timeout: float = 10.0
+    # Long enough for the longest /sync long-poll a client may ask for.
+    read_timeout: float = 180.0
+    admin_api_allowlist: tuple[str, ...] = ()
+    provisioning_cache_size: int = 100_000
+    provisioning_cache_ttl: float = 600.0
+
+
+@dataclass(frozen=True)
+class IntrospectionConfig:
+    """How the bridge authenticates to the issuer's introspection endpoint."""
+
+    auth: IntrospectionAuth
+    client_secret: str
+    client_id: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """The upstream OAuth/OIDC issuer (MAS, or any server with DCR and device scopes)."""
+
+    issuer: str
+    introspection: IntrospectionConfig
+    account_management_url: str | None = None
+    localpart_claim: str = "username"
+    metadata_refresh_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class TokenCacheConfig:
+    """Bounds of the validated-token cache."""
+
+    max_size: int = 10_000
+    max_ttl: float = 300.0
+    negative_ttl: float = 10.0
+
+
+@dataclass(frozen=True)
+class WellKnownConfig:
+    """Extra content of the ``/.well-known/matrix/*`` files."""
+
+    server: str | None = None
+    client_extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """The whole configuration."""
+
+    server_name: str
+    public_baseurl: str
+    homeserver: HomeserverConfig
+    appservice: AppserviceConfig
+    issuer: IssuerConfig
+    listen: ListenConfig = ListenConfig()
+    token_cache: TokenCacheConfig = TokenCacheConfig()
+    well_known: WellKnownConfig = WellKnownConfig()
+
+
+class _Section:
+    """A mapping being read, which knows its own dotted path for error messages."""
+
+    def __init__(self, raw: object, path: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(path or "(top level)", "must be a mapping")
+        self._raw: dict[str, object] = raw
+        self._path = path
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def _get(self, name: str) -> object:
+        self._seen.add(name)
+        return self._raw.get(name)
+
+    def section(self, name: str, *, required: bool = True) -> _Section:
+        raw = self._get(name)
+        if raw is None:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            raw = {}
+        return _Section(raw, self.key(name))
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.opt_text(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        return value
+
+    def opt_text(self, name: str) -> str | None:
+        value = self._get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(self.key(name), "must be a non-empty string")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self.key(name), "must be a number")
+        if value < minimum:
+            raise ConfigError(self.key(name), f"must be at least {minimum:g}")
+        return float(value)
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.key(name), "must be an integer")
+        if not minimum <= value <= maximum:
+            raise ConfigError(self.key(name), f"must be between {minimum} and {maximum}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise ConfigError(self.key(name), f"must be one of {', '.join(choices)}")
+        return value
+
+    def text_list(self, name: str) -> tuple[str, ...]:
+        value = self._get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(self.key(name), "must be a list of non-empty strings")
+        return tuple(value)
+
+    def mapping(self, name: str) -> dict[str, Any]:
+        value = self._get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(self.key(name), "must be a mapping with string keys")
+        return dict(value)
+
+    def secret(self, name: str) -> str:
+        """A secret given inline as ``name`` or in the file named by ``name_file``."""
+        inline = self.opt_text(name)
+        file_name = self.opt_text(f"{name}_file")
+        if inline is not None and file_name is not None:
+            raise ConfigError(self.key(name), f"give either {name} or {name}_file, not both")
+        if file_name is not None:
+            path = Path(os.path.expandvars(file_name))
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ConfigError(
+                    self.key(f"{name}_file"), f"cannot read {path}: {e.strerror}"
+                ) from e
+            if not value:
+                raise ConfigError(self.key(f"{name}_file"), f"{path} is empty")
+            return value
+        if inline is None:
+            raise ConfigError(self.key(name), f"is required (or {name}_file)")
+        return inline
+
+    def finish(self) -> None:
+        """Refuse unknown keys: a typo must not silently fall back to a default."""
+        unknown = sorted(set(self._raw) - self._seen)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "is not a known setting")
+
+
+def _http_url(section: _Section, name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(section.key(name), f"must be an http(s) URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(section.key(name), "must not have a query or fragment")
+    return value
+
+
+def _parse_issuer(top: _Section) -> IssuerConfig:
+    sec = top.section("issuer")
+    issuer = _http_url(sec, "issuer", sec.text("issuer"))
+    account = sec.opt_text("account_management_url")
+    if account is not None:
+        _http_url(sec, "account_management_url", account)
+    claim = sec.text("localpart_claim", "username")
+    refresh = sec.number("metadata_refresh_interval", 300.0, minimum=10.0)
+
+    intro = sec.section("introspection")
+    auth = cast(
+        IntrospectionAuth,
+        intro.choice(
+            "auth",
+            ("client_secret_basic", "client_secret_post", "mas_shared_secret"),
+            "client_secret_basic",
+        ),
+    )
+    client_id = intro.opt_text("client_id")
+    if auth != "mas_shared_secret" and client_id is None:
+        raise ConfigError(intro.key("client_id"), f"is required with auth: {auth}")
+    introspection = IntrospectionConfig(
+        auth=auth,
+        client_id=client_id,
+        client_secret=intro.secret("client_secret"),
+        timeout=intro.number("timeout", 10.0, minimum=0.1),
+    )
+    intro.finish()
+    sec.finish()
+    return IssuerConfig(
+        issuer=issuer,
+        introspection=introspection,
+        account_management_url=account,
+        localpart_claim=claim,
+        metadata_refresh_interval=refresh,
+    )
+
+
+def _parse_homeserver(top: _Section) -> HomeserverConfig:
+    sec = top.section("homeserver")
+    url = _http_url(sec, "url", sec.text("url")).rstrip("/")
+    strategy = sec.choice("strategy", ("masquerade",), "masquerade")
+    allowlist = sec.text_list("admin_api_allowlist")
+    for prefix in allowlist:
+        if not prefix.startswith("/_synapse/admin/"):
+            raise ConfigError(
+                sec.key("admin_api_allowlist"), f"{prefix!r} must start with /_synapse/admin/"
+            )
+    config = HomeserverConfig(
+        url=url,
+        strategy=cast(Strategy, strategy),
+        connect_timeout=sec.number("connect_timeout", 10.0, minimum=0.1),
+        read_timeout=sec.number("read_timeout", 180.0, minimum=1.0),
+        admin_api_allowlist=allowlist,
+        provisioning_cache_size=sec.integer("provisioning_cache_size", 100_000, minimum=1),
+        provisioning_cache_ttl=sec.number("provisioning_cache_ttl", 600.0, minimum=1.0),
+    )
+    sec.finish()
+    return config
+
+
+def _parse_appservice(top: _Section) -> AppserviceConfig:
+    sec = top.section("appservice")
+    sender = sec.text("sender_localpart", "oidc-bridge")
+    if not _LOCALPART.match(sender):
+        raise ConfigError(sec.key("sender_localpart"), "must match [a-z0-9._=/+-]+")
+    config = AppserviceConfig(
+        as_token=sec.secret("as_token"),
+        hs_token=sec.secret("hs_token"),
+        id=sec.text("id", "matrix-oidc-bridge"),
+        sender_localpart=sender,
+    )
+    if config.as_token == config.hs_token:
+        raise ConfigError(sec.key("hs_token"), "must differ from as_token")
+    sec.finish()
+    return config
+
+
+def parse_config(raw: object) -> BridgeConfig:
+    """Validate an already-loaded YAML document into a :class:`BridgeConfig`."""
+    top = _Section(raw, "")
+    server_name = top.text("server_name")
+    if not _SERVER_NAME.match(server_name):
+        raise ConfigError("server_name", f"{server_name!r} is not a valid Matrix server name")
+    public_baseurl = _http_url(top, "public_baseurl", top.text("public_baseurl"))
+
+    listen_sec = top.section("listen", required=False)
+    listen = ListenConfig(
+        host=listen_sec.text("host", "127.0.0.1"),
+        port=listen_sec.integer("port", 8008, minimum=0, maximum=65535),
+    )
+    listen_sec.finish()
+
+    cache_sec = top.section("token_cache", required=False)
+    token_cache = TokenCacheConfig(
+        max_size=cache_sec.integer("max_size", 10_000, minimum=1),
+        max_ttl=cache_sec.number("max_ttl", 300.0, minimum=1.0),
+        negative_ttl=cache_sec.number("negative_ttl", 10.0),
+    )
+    cache_sec.finish()
+
+    wk_sec = top.section("well_known", required=False)
+    well_known = WellKnownConfig(
+        server=wk_sec.opt_text("server"), client_extra=wk_sec.mapping("client_extra")
+    )
+    reserved = {"m.homeserver", "m.authentication", "org.matrix.msc2965.authentication"}
+    clash = reserved & set(well_known.client_extra)
+    if clash:
+        raise ConfigError("well_known.client_extra", f"must not set {sorted(clash)[0]}")
+    wk_sec.finish()
+
+    config = BridgeConfig(
+        server_name=server_name,
+        public_baseurl=public_baseurl,
+        homeserver=_parse_homeserver(top),
+        appservice=_parse_appservice(top),
+        issuer=_parse_issuer(top),
+        listen=listen,
+        token_cache=token_cache,
+        well_known=well_known,
+    )
+    top.finish()
+    return config
+
+
+def load_config(path: Path) -> BridgeConfig:
+    """Read and validate the YAML file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("(file)", f"cannot read {path}: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("(file)", f"{path} is not valid YAML: {e}") from e
+    return parse_config(raw)

@@ -1,0 +1,136 @@
+"""The bridge's errors, and the middleware that renders them as Matrix JSON.
+
+Hierarchy::
+
+    BridgeError
+     ├── ConfigError            bad configuration; the CLI exits with code 11
+     └── MatrixError            anything a client sees: errcode + HTTP status
+          ├── MissingToken          401 M_MISSING_TOKEN
+          ├── UnknownToken          401 M_UNKNOWN_TOKEN (logs the client out)
+          ├── BadRequest            400 (M_INVALID_PARAM unless told otherwise)
+          ├── Forbidden             403 M_FORBIDDEN
+          ├── NotFound              404 M_UNRECOGNIZED
+          ├── IssuerUnavailable     503 M_UNKNOWN + Retry-After (never a 401)
+          └── HomeserverUnavailable 502 / 504 M_UNKNOWN
+
+Messages never contain a token, a secret or a request body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+log = logging.getLogger("bridge.errors")
+
+_JSON = "application/json"
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """The configuration file is wrong at ``key``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class MatrixError(BridgeError):
+    """An error answered to the client as ``{"errcode", "error"}``."""
+
+    status: int = 500
+    errcode: str = "M_UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errcode: str | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if errcode is not None:
+            self.errcode = errcode
+        if status is not None:
+            self.status = status
+        self.headers: Mapping[str, str] = headers or {}
+
+    def to_response(self) -> web.Response:
+        """Render as a Matrix JSON error response."""
+        body = json.dumps({"errcode": self.errcode, "error": self.message})
+        return web.Response(
+            status=self.status, text=body, content_type=_JSON, headers=dict(self.headers)
+        )
+
+
+class MissingToken(MatrixError):
+    status = 401
+    errcode = "M_MISSING_TOKEN"
+
+
+class UnknownToken(MatrixError):
+    status = 401
+    errcode = "M_UNKNOWN_TOKEN"
+
+
+class BadRequest(MatrixError):
+    status = 400
+    errcode = "M_INVALID_PARAM"
+
+
+class Forbidden(MatrixError):
+    status = 403
+    errcode = "M_FORBIDDEN"
+
+
+class NotFound(MatrixError):
+    status = 404
+    errcode = "M_UNRECOGNIZED"
+
+
+class IssuerUnavailable(MatrixError):
+    """The issuer could not answer; the token's validity is unknown, so never 401."""
+
+    status = 503
+    errcode = "M_UNKNOWN"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class HomeserverUnavailable(MatrixError):
+    """The homeserver could not be reached (502) or did not answer in time (504)."""
+
+    status = 502
+    errcode = "M_UNKNOWN"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as Matrix JSON; never an HTML page or a stack trace."""
+    try:
+        return await handler(request)
+    except MatrixError as e:
+        return e.to_response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        errcode = {404: "M_UNRECOGNIZED", 405: "M_UNRECOGNIZED", 413: "M_TOO_LARGE"}.get(
+            e.status, "M_UNKNOWN"
+        )
+        return MatrixError(e.reason, errcode=errcode, status=e.status).to_response()
+    except Exception:
+        # The traceback goes to the log (it never holds a token: they are not put
+        # into exception messages); the client gets a plain Matrix error.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return MatrixError("Internal error").to_response()

@@ -1,0 +1,1 @@
+"""The bridge as the homeserver's application service: identity strategies and provisioning."""

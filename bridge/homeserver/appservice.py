@@ -1,0 +1,89 @@
+"""Calls the bridge makes to the homeserver as its application service."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bridge.config import BridgeConfig
+from bridge.errors import HomeserverUnavailable, MatrixError
+
+log = logging.getLogger("bridge.homeserver")
+
+_V3 = "/_matrix/client/v3"
+
+
+class AppserviceClient:
+    """Registers users and creates devices through the appservice API (MSC4190)."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: BridgeConfig) -> None:
+        self._session = session
+        self._base = config.homeserver.url
+        self._auth = {"Authorization": f"Bearer {config.appservice.as_token}"}
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.homeserver.connect_timeout + 30, connect=config.homeserver.connect_timeout
+        )
+
+    async def _call(
+        self, method: str, path: str, *, body: dict[str, Any], params: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        try:
+            async with self._session.request(
+                method,
+                self._base + path,
+                params=params,
+                data=json.dumps(body),
+                headers={**self._auth, "Content-Type": "application/json"},
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = None
+                return resp.status, answer if isinstance(answer, dict) else {}
+        except TimeoutError as e:
+            raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
+        except aiohttp.ClientError as e:
+            raise HomeserverUnavailable("The homeserver is unreachable") from e
+
+    async def register_user(self, localpart: str) -> None:
+        """Register ``localpart``; an existing user is fine."""
+        status, answer = await self._call(
+            "POST",
+            f"{_V3}/register",
+            body={
+                "type": "m.login.application_service",
+                "username": localpart,
+                "inhibit_login": True,
+            },
+        )
+        if status == 200 or answer.get("errcode") == "M_USER_IN_USE":
+            return
+        log.error(
+            "homeserver refused to register a user: HTTP %s %s", status, answer.get("errcode")
+        )
+        raise MatrixError(
+            "The homeserver refused to register this user", errcode="M_UNKNOWN", status=502
+        )
+
+    async def create_device(self, user_id: str, device_id: str) -> None:
+        """Create (or touch) ``device_id`` of ``user_id`` with MSC4190 ``PUT /devices``."""
+        status, answer = await self._call(
+            "PUT",
+            f"{_V3}/devices/{quote(device_id, safe='')}",
+            params={"user_id": user_id},
+            body={},
+        )
+        if status in (200, 201):
+            return
+        log.error(
+            "homeserver refused to create a device: HTTP %s %s", status, answer.get("errcode")
+        )
+        raise MatrixError(
+            "The homeserver refused to create this device", errcode="M_UNKNOWN", status=502
+        )

@@ -1,0 +1,75 @@
+"""RFC 7662 token introspection at the issuer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bridge.config import IssuerConfig
+from bridge.errors import IssuerUnavailable
+from bridge.issuer.metadata import IssuerMetadata
+
+log = logging.getLogger("bridge.issuer")
+
+
+class Introspector:
+    """Asks the issuer about one token, authenticating as configured.
+
+    Any answer other than a 200 JSON object is the issuer's failure, not the
+    token's: it raises :class:`IssuerUnavailable` (503), never a 401.
+    """
+
+    def __init__(
+        self, session: aiohttp.ClientSession, metadata: IssuerMetadata, config: IssuerConfig
+    ) -> None:
+        self._session = session
+        self._metadata = metadata
+        self._config = config.introspection
+        self._timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        self._headers, self._form_auth = self._client_auth()
+
+    def _client_auth(self) -> tuple[dict[str, str], dict[str, str]]:
+        cfg = self._config
+        headers = {"Accept": "application/json"}
+        if cfg.auth == "mas_shared_secret":
+            headers["Authorization"] = f"Bearer {cfg.client_secret}"
+            headers["X-MAS-Supports-Device-Id"] = "1"
+            return headers, {}
+        assert cfg.client_id is not None  # checked by the config
+        if cfg.auth == "client_secret_post":
+            return headers, {"client_id": cfg.client_id, "client_secret": cfg.client_secret}
+        # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
+        headers["Authorization"] = aiohttp.encode_basic_auth(
+            quote(cfg.client_id, safe=""), quote(cfg.client_secret, safe="")
+        )
+        return headers, {}
+
+    async def introspect(self, token: str) -> dict[str, Any]:
+        """Return the introspection response (``active`` may be false)."""
+        endpoint = self._metadata.require().endpoint("introspection_endpoint")
+        if endpoint is None:
+            raise IssuerUnavailable("The issuer advertises no introspection_endpoint")
+        form = {"token": token, "token_type_hint": "access_token", **self._form_auth}
+        try:
+            async with self._session.post(
+                endpoint,
+                data=form,
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    # 401 here means the bridge's own credentials are wrong: an admin
+                    # problem, which must not log every user out.
+                    log.error("introspection answered HTTP %s", resp.status)
+                    raise IssuerUnavailable("The authentication service refused introspection")
+                answer = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.warning("introspection failed: %s", type(e).__name__)
+            raise IssuerUnavailable("The authentication service is unreachable") from e
+        if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
+            raise IssuerUnavailable("The authentication service gave a malformed answer")
+        return answer

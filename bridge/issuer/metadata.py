@@ -1,0 +1,95 @@
+"""The issuer's discovery document: fetched at start, refreshed in the background.
+
+The document is served to clients as the homeserver's ``auth_metadata``, so it
+is kept both parsed (for the bridge's own use) and serialised once per fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bridge.config import IssuerConfig
+from bridge.errors import IssuerUnavailable
+
+log = logging.getLogger("bridge.issuer")
+
+# How soon to try again while the issuer has never answered.
+_RETRY_UNLOADED = 5.0
+
+
+def discovery_url(issuer: str) -> str:
+    """OpenID Connect Discovery §4: the issuer, without a trailing slash, + the well-known path."""
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """One validated discovery document."""
+
+    document: Mapping[str, Any]
+    serialized: bytes
+
+    def endpoint(self, name: str) -> str | None:
+        value = self.document.get(name)
+        return value if isinstance(value, str) and value else None
+
+
+class IssuerMetadata:
+    """Holds the current :class:`Metadata`, or ``None`` until the issuer first answers."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: IssuerConfig) -> None:
+        self._session = session
+        self._config = config
+        self.current: Metadata | None = None
+
+    def require(self) -> Metadata:
+        """The metadata, or :class:`IssuerUnavailable` if it was never loaded."""
+        if self.current is None:
+            raise IssuerUnavailable("The authentication service's metadata is not loaded yet")
+        return self.current
+
+    def account_url(self) -> str | None:
+        """Where users manage their account: configured, else MAS's ``account_management_uri``."""
+        if self._config.account_management_url:
+            return self._config.account_management_url
+        return self.current.endpoint("account_management_uri") if self.current else None
+
+    async def fetch(self) -> Metadata:
+        """Fetch and validate the discovery document; keep it if valid."""
+        url = discovery_url(self._config.issuer)
+        timeout = aiohttp.ClientTimeout(total=self._config.introspection.timeout)
+        try:
+            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise IssuerUnavailable(f"Discovery answered HTTP {resp.status}")
+                document = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise IssuerUnavailable(f"Discovery failed: {type(e).__name__}") from e
+        if not isinstance(document, dict):
+            raise IssuerUnavailable("Discovery document is not a JSON object")
+        if document.get("issuer") != self._config.issuer:
+            # A mismatch means a misconfiguration or a mix-up attack (RFC 8414 §3.3).
+            raise IssuerUnavailable(
+                f"Discovery document names issuer {document.get('issuer')!r}, "
+                f"configured {self._config.issuer!r}"
+            )
+        metadata = Metadata(document, json.dumps(document).encode())
+        self.current = metadata
+        return metadata
+
+    async def refresh_forever(self) -> None:
+        """Background task: keep the document fresh; retry sooner while none is loaded."""
+        while True:
+            delay = self._config.metadata_refresh_interval if self.current else _RETRY_UNLOADED
+            await asyncio.sleep(delay)
+            try:
+                await self.fetch()
+            except IssuerUnavailable as e:
+                log.warning("issuer metadata refresh failed: %s", e.message)

@@ -1,0 +1,22 @@
+"""Typed keys for the state the application and each request carry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bridge.auth.cache import CachedAuthenticator
+from bridge.auth.identity import Identity
+from bridge.config import BridgeConfig
+from bridge.homeserver.strategy import IdentityStrategy
+from bridge.issuer.metadata import IssuerMetadata
+from bridge.proxy import Forwarder
+
+CONFIG = web.AppKey("config", BridgeConfig)
+ISSUER_METADATA = web.AppKey("issuer_metadata", IssuerMetadata)
+AUTHENTICATOR = web.AppKey("authenticator", CachedAuthenticator)
+STRATEGY = web.AppKey("strategy", IdentityStrategy)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+
+# Set by the auth middleware on every forwarded route: None for an anonymous
+# request to a public endpoint.
+IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")

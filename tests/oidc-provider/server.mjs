@@ -1,0 +1,198 @@
+// A real OpenID Connect issuer for matrix-oidc-bridge's tests, built on oidc-provider 9.x.
+//
+// Configuration (environment variables):
+//   ISSUER_PORT            port to listen on, 127.0.0.1 only (required)
+//   ISSUER_URL             exact issuer string as published in discovery and `iss`
+//                          (default `http://127.0.0.1:<ISSUER_PORT>/`, WITH trailing slash)
+//   BRIDGE_CLIENT_ID       confidential client for introspection + revocation; it may
+//   BRIDGE_CLIENT_SECRET   authenticate with client_secret_basic or client_secret_post
+//   ACCESS_TOKEN_FORMAT    `opaque` (default) or `jwt`
+//   ACCESS_TOKEN_TTL       access token lifetime in seconds (default 3600)
+//
+// Everything is in memory: a restart forgets clients, grants and tokens. The signing keys
+// are oidc-provider's built-in development keys, so the JWKS is the same across restarts.
+//
+// Test-only endpoints: GET /_test/counters -> {"introspection": N, "revocation": M},
+// POST /_test/counters/reset -> 204.
+
+import http from 'node:http';
+
+// oidc-provider warns "Unsupported runtime" at import time on Node 20; it works fine there.
+const originalWarn = console.warn;
+console.warn = (...args) => {
+  if (typeof args[0] === 'string' && args[0].includes('Unsupported runtime')) return;
+  originalWarn(...args);
+};
+const { default: Provider } = await import('oidc-provider');
+
+function requireEnv(name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`test issuer: environment variable ${name} is required`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const port = Number.parseInt(requireEnv('ISSUER_PORT'), 10);
+const issuer = process.env.ISSUER_URL || `http://127.0.0.1:${port}/`;
+const bridgeClientId = requireEnv('BRIDGE_CLIENT_ID');
+const bridgeClientSecret = requireEnv('BRIDGE_CLIENT_SECRET');
+const accessTokenFormat = process.env.ACCESS_TOKEN_FORMAT || 'opaque';
+const accessTokenTTL = Number.parseInt(process.env.ACCESS_TOKEN_TTL || '3600', 10);
+
+if (!['opaque', 'jwt'].includes(accessTokenFormat)) {
+  console.error(`test issuer: ACCESS_TOKEN_FORMAT must be opaque or jwt, not ${accessTokenFormat}`);
+  process.exit(2);
+}
+if (!(accessTokenTTL > 0)) {
+  console.error('test issuer: ACCESS_TOKEN_TTL must be a positive integer');
+  process.exit(2);
+}
+
+// The one resource server: the Matrix client-server API. Every authorization and token
+// request defaults to it, so Matrix scopes land in the access token.
+const MATRIX_RESOURCE = 'urn:matrix:client';
+const API_SCOPES = ['urn:matrix:client:api:*', 'urn:matrix:org.matrix.msc2967.client:api:*'];
+// Device scopes (stable and MSC2967-unstable) and any other Matrix/Synapse scope a test asks
+// for (e.g. `urn:synapse:admin:*`) are accepted as requested.
+const DYNAMIC_SCOPE = /^urn:(?:matrix|synapse):\S+$/;
+const MATRIX_API_SCOPE = new Set(API_SCOPES);
+
+function dynamicScopes(ctx) {
+  const oidc = ctx?.oidc;
+  const sources = [
+    oidc?.params?.scope,
+    oidc?.entities?.AuthorizationCode?.scope,
+    oidc?.entities?.RefreshToken?.scope,
+  ];
+  const found = new Set();
+  for (const source of sources) {
+    if (typeof source !== 'string') continue;
+    for (const scope of source.split(' ')) {
+      if (DYNAMIC_SCOPE.test(scope)) found.add(scope);
+    }
+  }
+  return [...found];
+}
+
+const counters = { introspection: 0, revocation: 0 };
+const ROUTES = { introspection: '/token/introspection', revocation: '/token/revocation' };
+
+const configuration = {
+  clients: [{
+    client_id: bridgeClientId,
+    client_secret: bridgeClientSecret,
+    // client_secret_basic and client_secret_post are interchangeable in oidc-provider 9.
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  }],
+  cookies: { keys: ['matrix-oidc-bridge-test-issuer'] },
+  routes: ROUTES,
+  findAccount(_ctx, id) {
+    // devInteractions accepts any login; the typed login is the account id (Matrix localpart).
+    return { accountId: id, claims: () => ({ sub: id, preferred_username: id }) };
+  },
+  extraTokenClaims(_ctx, token) {
+    return token.accountId ? { username: token.accountId } : undefined;
+  },
+  // Tokens outlive the browser session of the interaction.
+  expiresWithSession: () => false,
+  issueRefreshToken(_ctx, client, source) {
+    return client.grantTypeAllowed('refresh_token')
+      && (source.scopes.has('offline_access') || [...source.scopes].some((s) => MATRIX_API_SCOPE.has(s)));
+  },
+  // Explicit lifetimes (seconds) also keep oidc-provider's "default ttl" notices quiet.
+  ttl: {
+    AccessToken: accessTokenTTL,
+    Grant: 14 * 86400,
+    IdToken: 3600,
+    Interaction: 3600,
+    RefreshToken: 14 * 86400,
+    Session: 14 * 86400,
+  },
+  features: {
+    devInteractions: { enabled: true },
+    registration: { enabled: true, initialAccessToken: false },
+    introspection: {
+      enabled: true,
+      // The bridge may introspect any token; other clients only their own.
+      allowedPolicy: (ctx, client, token) => client.clientId === bridgeClientId
+        || token.clientId === client.clientId,
+    },
+    revocation: {
+      enabled: true,
+      allowedPolicy: (ctx, client, token) => client.clientId === bridgeClientId
+        || token.clientId === client.clientId,
+    },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => MATRIX_RESOURCE,
+      useGrantedResource: () => true,
+      getResourceServerInfo(ctx, resourceIndicator) {
+        if (resourceIndicator !== MATRIX_RESOURCE) {
+          throw new Provider.errors.InvalidTarget();
+        }
+        const scope = [...new Set([...API_SCOPES, ...dynamicScopes(ctx)])].join(' ');
+        return {
+          scope,
+          audience: MATRIX_RESOURCE,
+          accessTokenTTL,
+          accessTokenFormat,
+          ...(accessTokenFormat === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
+        };
+      },
+    },
+  },
+  // Outgoing calls (jwks_uri, sector_identifier_uri, ...) may only go to 127.0.0.1.
+  // The default SSRF guard refuses loopback, so its dispatcher is dropped here.
+  fetch(url, options) {
+    const { hostname } = new URL(url);
+    if (hostname !== '127.0.0.1') {
+      throw new Error(`test issuer refuses outgoing call to ${hostname}: loopback only`);
+    }
+    const { dispatcher: _dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/_test/counters' && ctx.method === 'GET') {
+    ctx.body = { ...counters };
+    return;
+  }
+  if (ctx.path === '/_test/counters/reset' && ctx.method === 'POST') {
+    for (const key of Object.keys(counters)) counters[key] = 0;
+    ctx.status = 204;
+    return;
+  }
+  if (ctx.method === 'POST') {
+    if (ctx.path === ROUTES.introspection) counters.introspection += 1;
+    if (ctx.path === ROUTES.revocation) counters.revocation += 1;
+  }
+  await next();
+});
+
+const server = http.createServer(provider.callback());
+server.keepAliveTimeout = 5000;
+
+function shutdown(signal) {
+  console.log(`issuer stopping on ${signal}`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+
+server.on('error', (err) => {
+  console.error(`test issuer: ${err.message}`);
+  process.exit(1);
+});
+server.listen(port, '127.0.0.1', () => {
+  console.log(`issuer ready on ${issuer}`);
+});

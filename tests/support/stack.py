@@ -1,0 +1,64 @@
+"""The bridge's configuration for the real test peers (Synapse + oidc-provider)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import yaml
+
+from bridge.config import AppserviceConfig, BridgeConfig, parse_config
+from bridge.homeserver.registration import registration
+from tests.support.issuer import TestIssuer
+
+SERVER_NAME = "bridge.test"
+
+
+def new_appservice() -> AppserviceConfig:
+    """Fresh random appservice tokens."""
+    return AppserviceConfig(
+        as_token=secrets.token_urlsafe(32), hs_token=secrets.token_urlsafe(32)
+    )
+
+
+def write_registration(appservice: AppserviceConfig, path: Path) -> Path:
+    """Write the bridge's appservice registration where Synapse will load it."""
+    path.write_text(yaml.safe_dump(registration(appservice, SERVER_NAME)), encoding="utf-8")
+    return path
+
+
+def bridge_config_document(
+    *, issuer: TestIssuer, homeserver_url: str, appservice: AppserviceConfig, **extra: object
+) -> dict[str, object]:
+    """The YAML document (as a dict) a test or the demo feeds to the bridge."""
+    return {
+        "server_name": SERVER_NAME,
+        "public_baseurl": "http://127.0.0.1:8008/",
+        "homeserver": {"url": homeserver_url},
+        "appservice": {
+            "id": appservice.id,
+            "as_token": appservice.as_token,
+            "hs_token": appservice.hs_token,
+            "sender_localpart": appservice.sender_localpart,
+        },
+        "issuer": {
+            "issuer": issuer.url,
+            "introspection": {
+                "auth": "client_secret_basic",
+                "client_id": issuer.bridge_client_id,
+                "client_secret": issuer.bridge_client_secret,
+            },
+        },
+        **extra,
+    }
+
+
+def bridge_config(
+    *, issuer: TestIssuer, homeserver_url: str, appservice: AppserviceConfig, **extra: object
+) -> BridgeConfig:
+    """Parsed through the same validation as a config file."""
+    return parse_config(
+        bridge_config_document(
+            issuer=issuer, homeserver_url=homeserver_url, appservice=appservice, **extra
+        )
+    )

@@ -1,0 +1,270 @@
+"""Start a throwaway Synapse homeserver on 127.0.0.1 for the test stack.
+
+Synapse lives in its own virtualenv (``<repo>/.venv-synapse``, made by ``make test``);
+this module only writes its configuration, runs it as a subprocess and creates an
+admin user through the shared-secret registration API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.net import free_port, wait_http
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SYNAPSE_PYTHON = REPO_ROOT / ".venv-synapse" / "bin" / "python"
+ADMIN_LOCALPART = "synapse-admin"
+
+# Rate limiters that tests could trip; all set far out of reach.
+_NO_LIMIT = {"per_second": 10000, "burst_count": 100000}
+_RATE_LIMITS: dict[str, Any] = {
+    **{
+        key: _NO_LIMIT
+        for key in (
+            "rc_message",
+            "rc_registration",
+            "rc_admin_redaction",
+            "rc_key_requests",
+            "rc_3pid_validation",
+            "rc_joins_per_room",
+            "rc_room_creation",
+            "rc_third_party_invite",
+            "rc_media_create",
+            "rc_delayed_event_mgmt",
+            "rc_reports",
+            "rc_user_directory",
+            "rc_profile",
+            "rc_registration_token_validity",
+        )
+    },
+    "rc_login": {"address": _NO_LIMIT, "account": _NO_LIMIT, "failed_attempts": _NO_LIMIT},
+    "rc_joins": {"local": _NO_LIMIT, "remote": _NO_LIMIT},
+    "rc_invites": {"per_room": _NO_LIMIT, "per_user": _NO_LIMIT, "per_issuer": _NO_LIMIT},
+    "rc_presence": {"per_user": _NO_LIMIT},
+}
+
+# Run with Synapse's interpreter: the project venv has no signedjson.
+_KEYGEN = (
+    "import sys, signedjson.key as k\n"
+    "with open(sys.argv[1], 'w') as f: k.write_signing_keys(f, [k.generate_signing_key('a')])\n"
+)
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never use a proxy
+
+
+def _tail(path: Path, lines: int) -> str:
+    """Return the last ``lines`` lines of ``path``, or a note if it does not exist."""
+    if not path.exists():
+        return f"<{path.name} does not exist>"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _request(
+    method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """Send a JSON request over loopback and return the decoded JSON answer."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with _OPENER.open(req, timeout=30) as resp:
+            result: dict[str, Any] = json.load(resp)
+            return result
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise RuntimeError(f"{method} {url} -> {exc.code}: {detail}") from exc
+
+
+@dataclass
+class SynapseServer:
+    """A running Synapse subprocess and the admin credentials created at start."""
+
+    base_url: str
+    server_name: str
+    admin_user_id: str
+    admin_token: str
+    workdir: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    def stop(self) -> None:
+        """Stop Synapse: SIGTERM, wait up to 10 s, then SIGKILL."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 50) -> str:
+        """Return the last ``lines`` lines of homeserver.log (for debugging failed tests)."""
+        return _tail(self.workdir / "homeserver.log", lines)
+
+
+def _write_config(
+    workdir: Path,
+    server_name: str,
+    port: int,
+    registration_files: Sequence[Path],
+    shared_secret: str,
+) -> Path:
+    """Write homeserver.yaml and its log config into ``workdir``; return the config path."""
+    log_config = workdir / "log.config.yaml"
+    log_config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "formatters": {
+                    "precise": {
+                        "format": "%(asctime)s - %(name)s - %(lineno)d - "
+                        "%(levelname)s - %(request)s - %(message)s"
+                    }
+                },
+                "handlers": {
+                    "file": {
+                        "class": "logging.FileHandler",
+                        "formatter": "precise",
+                        "filename": str(workdir / "homeserver.log"),
+                        "encoding": "utf8",
+                    }
+                },
+                "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
+                "root": {"level": "INFO", "handlers": ["file"]},
+            }
+        )
+    )
+    config: dict[str, Any] = {
+        "server_name": server_name,
+        "pid_file": str(workdir / "homeserver.pid"),
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "listeners": [
+            {
+                "port": port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": True,
+                "resources": [{"names": ["client"], "compress": False}],
+            }
+        ],
+        "database": {"name": "sqlite3", "args": {"database": str(workdir / "homeserver.db")}},
+        "log_config": str(log_config),
+        "media_store_path": str(workdir / "media_store"),
+        "signing_key_path": str(workdir / "signing.key"),
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        "report_stats": False,
+        "registration_shared_secret": shared_secret,
+        "macaroon_secret_key": secrets.token_hex(32),
+        "form_secret": secrets.token_hex(32),
+        "enable_registration": False,
+        "app_service_config_files": [str(Path(p).resolve()) for p in registration_files],
+        "serve_server_wellknown": False,
+        "presence": {"enabled": False},
+        "url_preview_enabled": False,
+        **_RATE_LIMITS,
+    }
+    path = workdir / "homeserver.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _register_admin(base_url: str, shared_secret: str) -> tuple[str, str]:
+    """Create the admin user with the shared-secret API; return (user_id, access_token)."""
+    url = f"{base_url}/_synapse/admin/v1/register"
+    nonce = str(_request("GET", url)["nonce"])
+    password = secrets.token_urlsafe(24)
+    mac = hmac.new(shared_secret.encode(), digestmod=hashlib.sha1)
+    mac.update(b"\x00".join(s.encode() for s in (nonce, ADMIN_LOCALPART, password, "admin")))
+    answer = _request(
+        "POST",
+        url,
+        {
+            "nonce": nonce,
+            "username": ADMIN_LOCALPART,
+            "password": password,
+            "admin": True,
+            "mac": mac.hexdigest(),
+        },
+    )
+    return str(answer["user_id"]), str(answer["access_token"])
+
+
+def start_synapse(
+    *,
+    workdir: Path,
+    registration_files: Sequence[Path],
+    server_name: str = "bridge.test",
+    port: int | None = None,
+    synapse_python: Path | None = None,
+) -> SynapseServer:
+    """Configure and start Synapse in a fresh ``workdir`` and create the admin user.
+
+    ``registration_files`` are appservice registrations (an *exclusive* namespace that
+    covers ``@synapse-admin`` would block the admin's creation).  ``port`` defaults to a
+    free one.  Raises ValueError for a reused workdir and RuntimeError (with the tail of
+    the process output and of homeserver.log) if Synapse does not come up.
+    """
+    python = synapse_python or DEFAULT_SYNAPSE_PYTHON
+    if not python.exists():
+        raise RuntimeError(
+            f"Synapse interpreter {python} is missing: run `make test` (it creates .venv-synapse)"
+        )
+    workdir = workdir.resolve()
+    if (workdir / "homeserver.db").exists():
+        raise ValueError(f"{workdir} already holds a Synapse database; use a fresh workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    shared_secret = secrets.token_hex(32)
+    config = _write_config(workdir, server_name, port, registration_files, shared_secret)
+    subprocess.run([str(python), "-c", _KEYGEN, str(workdir / "signing.key")], check=True)
+
+    output = workdir / "synapse.out"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [str(python), "-m", "synapse.app.homeserver", "-c", str(config)],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = SynapseServer(
+        base_url=base_url,
+        server_name=server_name,
+        admin_user_id="",
+        admin_token="",
+        workdir=workdir,
+        process=process,
+    )
+    try:
+        wait_http(
+            f"{base_url}/_matrix/client/versions",
+            timeout=90,
+            is_alive=lambda: process.poll() is None,
+        )
+        server.admin_user_id, server.admin_token = _register_admin(base_url, shared_secret)
+    except Exception as exc:
+        server.stop()
+        raise RuntimeError(
+            f"Synapse failed to start ({exc})\n--- synapse.out ---\n{_tail(output, 30)}\n"
+            f"--- homeserver.log ---\n{server.log_tail(30)}"
+        ) from exc
+    return server
