@@ -93,7 +93,11 @@ def login(http: aiohttp.ClientSession, issuer: TestIssuer) -> Login:
     """Log a user in at the issuer (authorization code + PKCE); return the access token."""
 
     async def do_login(
-        username: str, device_id: str, *, on_issuer: TestIssuer | None = None, unstable: bool = False
+        username: str,
+        device_id: str,
+        *,
+        on_issuer: TestIssuer | None = None,
+        unstable: bool = False,
     ) -> str:
         tokens = await obtain_token(
             http,
@@ -117,13 +121,13 @@ def auth(token: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def synapse_admin(synapse: SynapseServer, http: aiohttp.ClientSession) -> Callable[..., Awaitable[dict[str, object]]]:
+def synapse_admin(
+    synapse: SynapseServer, http: aiohttp.ClientSession
+) -> Callable[..., Awaitable[dict[str, object]]]:
     """GET a Synapse admin API path directly (not through the bridge), as its admin."""
 
     async def get(path: str) -> dict[str, object]:
-        async with http.get(
-            synapse.base_url + path, headers=auth(synapse.admin_token)
-        ) as resp:
+        async with http.get(synapse.base_url + path, headers=auth(synapse.admin_token)) as resp:
             body: dict[str, object] = await resp.json()
             body["_status"] = resp.status
             return body

@@ -1,4 +1,4 @@
-"""A real OIDC issuer for tests (``tests/oidc-provider``, oidc-provider on Node) and a Matrix-client login.
+"""A real OIDC issuer for tests (oidc-provider on Node, ``tests/oidc-provider``) and a login.
 
 ``start_issuer()`` runs ``node tests/oidc-provider/server.mjs`` on 127.0.0.1 with a confidential
 "bridge" client allowed to introspect and revoke every token (client_secret_basic or

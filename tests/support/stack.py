@@ -16,9 +16,7 @@ SERVER_NAME = "bridge.test"
 
 def new_appservice() -> AppserviceConfig:
     """Fresh random appservice tokens."""
-    return AppserviceConfig(
-        as_token=secrets.token_urlsafe(32), hs_token=secrets.token_urlsafe(32)
-    )
+    return AppserviceConfig(as_token=secrets.token_urlsafe(32), hs_token=secrets.token_urlsafe(32))
 
 
 def write_registration(appservice: AppserviceConfig, path: Path) -> Path:
