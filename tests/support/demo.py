@@ -1,0 +1,108 @@
+"""``make demo``: a real Synapse, a real OIDC issuer and the bridge, and one OAuth login.
+
+Everything listens on 127.0.0.1. The demo user logs in at the issuer with an
+authorization-code + PKCE flow (as Element X would), then calls ``whoami``
+through the bridge. With ``--once`` it stops there; otherwise it keeps the
+stack running for a Matrix client until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.support.issuer import obtain_token, start_issuer
+from tests.support.net import free_port, wait_http
+from tests.support.stack import (
+    SERVER_NAME,
+    bridge_config_document,
+    new_appservice,
+    write_registration,
+)
+from tests.support.synapse import start_synapse
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_DIR = ROOT / ".demo"
+
+
+async def login_and_whoami(issuer_url: str, bridge_url: str) -> dict[str, object]:
+    async with aiohttp.ClientSession() as http:
+        tokens = await obtain_token(http, issuer_url, username="demo", device_id="DEMODEVICE")
+        async with http.get(
+            bridge_url + "_matrix/client/v3/account/whoami",
+            headers={"Authorization": f"Bearer {tokens.access_token}"},
+        ) as resp:
+            body: dict[str, object] = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"whoami through the bridge failed: {resp.status} {body}")
+            return body
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--once", action="store_true", help="stop after the login")
+    args = parser.parse_args()
+
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    (DEMO_DIR / "synapse").mkdir(parents=True)
+    appservice = new_appservice()
+    registration = write_registration(appservice, DEMO_DIR / "registration.yaml")
+
+    print("starting the OIDC issuer (oidc-provider) ...", flush=True)
+    issuer = start_issuer()
+    print("starting Synapse ...", flush=True)
+    synapse = start_synapse(
+        workdir=DEMO_DIR / "synapse", registration_files=[registration], server_name=SERVER_NAME
+    )
+    bridge_port = free_port()
+    bridge_url = f"http://127.0.0.1:{bridge_port}/"
+    document = bridge_config_document(
+        issuer=issuer,
+        homeserver_url=synapse.base_url,
+        appservice=appservice,
+        public_baseurl=bridge_url,
+        listen={"host": "127.0.0.1", "port": bridge_port},
+    )
+    config_path = DEMO_DIR / "bridge.yaml"
+    config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    print("starting the bridge ...", flush=True)
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "-c", str(config_path)],
+        stdout=(DEMO_DIR / "bridge.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(bridge_url + ".well-known/matrix/client", is_alive=lambda: bridge.poll() is None)
+        whoami = asyncio.run(login_and_whoami(issuer.url, bridge_url))
+        print("\nlogged in as 'demo' through the issuer; whoami through the bridge says:")
+        print("  " + json.dumps(whoami))
+        print(f"\nhomeserver URL for a Matrix client: {bridge_url}")
+        print(f"issuer (any username, any password): {issuer.url}")
+        print(f"logs and config: {DEMO_DIR}")
+        if not args.once:
+            print("\nrunning; press Ctrl-C to stop", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.signal(signal.SIGTERM, signal.default_int_handler)
+                while True:
+                    time.sleep(3600)
+    finally:
+        bridge.terminate()
+        bridge.wait(timeout=15)
+        synapse.stop()
+        issuer.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
