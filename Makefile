@@ -7,7 +7,7 @@ ISSUER_DIR := tests/oidc-provider
 # Synapse with stable MSC4190 (appservice device management) and MSC4326 (device masquerading).
 SYNAPSE_SPEC := matrix-synapse>=1.141,<2
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo clean
 
 install: $(VENV)/.installed $(SYNAPSE_VENV)/.installed $(ISSUER_DIR)/node_modules/.installed
 
@@ -30,13 +30,13 @@ test: install
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check bridge tests bench
-	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/ruff check bridge tests
+	$(BIN)/ruff format --check bridge tests
 	$(BIN)/mypy
 
 format: $(VENV)/.installed
-	$(BIN)/ruff format bridge tests bench
-	$(BIN)/ruff check --fix bridge tests bench
+	$(BIN)/ruff format bridge tests
+	$(BIN)/ruff check --fix bridge tests
 
 demo: install
 	$(BIN)/python -m tests.support.demo

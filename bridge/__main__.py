@@ -59,6 +59,7 @@ def _write_registration(config: BridgeConfig, output: Path) -> None:
     text = yaml.safe_dump(registration(config.appservice, config.server_name), sort_keys=False)
     # It holds both tokens: readable by its owner only.
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies to a new file only
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
 

@@ -9,6 +9,7 @@ credentials can be named as ``${CREDENTIALS_DIRECTORY}/as_token``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -161,8 +162,8 @@ class _Section:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(self.key(name), "must be a number")
-        if value < minimum:
-            raise ConfigError(self.key(name), f"must be at least {minimum:g}")
+        if not math.isfinite(value) or value < minimum:
+            raise ConfigError(self.key(name), f"must be a finite number of at least {minimum:g}")
         return float(value)
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -298,7 +299,7 @@ def _parse_homeserver(top: _Section) -> HomeserverConfig:
 def _parse_appservice(top: _Section) -> AppserviceConfig:
     sec = top.section("appservice")
     sender = sec.text("sender_localpart", "oidc-bridge")
-    if not _LOCALPART.match(sender):
+    if not _LOCALPART.fullmatch(sender):
         raise ConfigError(sec.key("sender_localpart"), "must match [a-z0-9._=/+-]+")
     config = AppserviceConfig(
         as_token=sec.secret("as_token"),
@@ -316,7 +317,7 @@ def parse_config(raw: object) -> BridgeConfig:
     """Validate an already-loaded YAML document into a :class:`BridgeConfig`."""
     top = _Section(raw, "")
     server_name = top.text("server_name")
-    if not _SERVER_NAME.match(server_name):
+    if not _SERVER_NAME.fullmatch(server_name):
         raise ConfigError("server_name", f"{server_name!r} is not a valid Matrix server name")
     public_baseurl = _http_url(top, "public_baseurl", top.text("public_baseurl"))
 

@@ -19,10 +19,10 @@ DEVICE_SCOPE_PREFIXES = (
 )
 
 # The user-ID grammar for new users (spec appendix "User Identifiers").
-_LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+_LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 # Device IDs travel in query strings and paths (percent-encoded); allow the
 # characters an OAuth scope token can carry, as MAS does, and nothing else.
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}$")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}")
 _MAX_USER_ID = 255
 
 
@@ -67,11 +67,11 @@ def identity_from_claims(
         if len(devices) != 1:
             raise UnknownToken("Token must name exactly one device in its scope")
         (device,) = devices
-    if not _DEVICE_ID.match(device):
+    if not _DEVICE_ID.fullmatch(device):
         raise UnknownToken("Token names an invalid device ID")
 
     localpart = claims.get(localpart_claim)
-    if not isinstance(localpart, str) or not _LOCALPART.match(localpart):
+    if not isinstance(localpart, str) or not _LOCALPART.fullmatch(localpart):
         raise UnknownToken("Token does not carry a valid Matrix localpart")
     user_id = f"@{localpart}:{server_name}"
     if len(user_id) > _MAX_USER_ID:

@@ -41,7 +41,7 @@ _PUBLIC = [
 def is_public(method: str, path: str) -> bool:
     """Whether ``method path`` (normalised) may be forwarded without a token."""
     method = "GET" if method == "HEAD" else method
-    return any(method in methods and rx.match(path) for methods, rx in _PUBLIC)
+    return any(method in methods and rx.fullmatch(path) for methods, rx in _PUBLIC)
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -24,7 +24,7 @@ def registration(appservice: AppserviceConfig, server_name: str) -> dict[str, An
         "sender_localpart": appservice.sender_localpart,
         "rate_limited": False,
         "namespaces": {
-            "users": [{"exclusive": False, "regex": f"@.*:{re.escape(server_name)}"}],
+            "users": [{"exclusive": False, "regex": f"^@[^:]+:{re.escape(server_name)}$"}],
             "aliases": [],
             "rooms": [],
         },

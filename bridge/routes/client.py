@@ -43,7 +43,9 @@ def add_routes(app: web.Application) -> None:
     """Catch-alls go last: the bridge's own routes are registered before them."""
     router = app.router
     router.add_post(r"/_matrix/client/{version}/login", login, name=FORWARDED_ROUTE + "login")
-    for prefix in ("/_matrix/client", "/_matrix/media", "/_synapse/admin"):
-        router.add_route(
-            "*", prefix + "/{tail:.*}", forward, name=FORWARDED_ROUTE + prefix.strip("/").replace("/", ".")
-        )
+    for prefix, name in (
+        ("/_matrix/client", "client"),
+        ("/_matrix/media", "media"),
+        ("/_synapse/admin", "admin"),
+    ):
+        router.add_route("*", prefix + "/{tail:.*}", forward, name=FORWARDED_ROUTE + name)

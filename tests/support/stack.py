@@ -26,12 +26,17 @@ def write_registration(appservice: AppserviceConfig, path: Path) -> Path:
 
 
 def bridge_config_document(
-    *, issuer: TestIssuer, homeserver_url: str, appservice: AppserviceConfig, **extra: object
+    *,
+    issuer: TestIssuer,
+    homeserver_url: str,
+    appservice: AppserviceConfig,
+    public_baseurl: str = "http://127.0.0.1:8008/",
+    **extra: object,
 ) -> dict[str, object]:
     """The YAML document (as a dict) a test or the demo feeds to the bridge."""
     return {
         "server_name": SERVER_NAME,
-        "public_baseurl": "http://127.0.0.1:8008/",
+        "public_baseurl": public_baseurl,
         "homeserver": {"url": homeserver_url},
         "appservice": {
             "id": appservice.id,

@@ -1,0 +1,138 @@
+"""The command line: ``check-config`` and ``generate-registration``."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.__main__ import EXIT_CONFIG, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD: dict[str, Any] = {
+    "server_name": "example.org",
+    "public_baseurl": "https://matrix.example.org",
+    "homeserver": {"url": "http://127.0.0.1:8008"},
+    "appservice": {
+        "as_token": "as-secret",
+        "hs_token": "hs-secret",
+        "sender_localpart": "oidc-bridge",
+    },
+    "issuer": {
+        "issuer": "https://auth.example.org/",
+        "introspection": {"auth": "mas_shared_secret", "client_secret": "shared"},
+    },
+}
+
+
+def bridge_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    return path
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    doc = {**GOOD, "homeserver": {"url": "ftp://127.0.0.1"}}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_check_config_broken_exits_11(broken: Path) -> None:
+    result = bridge_cli("check-config", "-c", str(broken))
+    assert result.returncode == EXIT_CONFIG == 11
+    assert "homeserver.url" in result.stderr
+
+
+def test_check_config_good_exits_0(good: Path) -> None:
+    result = bridge_cli("check-config", "-c", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_generate_registration(good: Path, tmp_path: Path) -> None:
+    output = tmp_path / "reg.yaml"
+    result = bridge_cli("generate-registration", "-c", str(good), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+
+    assert "url: null" in output.read_text().splitlines()
+    reg = yaml.safe_load(output.read_text())
+    assert reg["url"] is None
+    assert reg["as_token"] == "as-secret"
+    assert reg["hs_token"] == "hs-secret"
+    assert reg["sender_localpart"] == "oidc-bridge"
+    assert reg["io.element.msc4190"] is True
+    [users] = reg["namespaces"]["users"]
+    assert users["exclusive"] is False
+    assert re.match(users["regex"], "@alice:example.org")
+    assert not re.search(users["regex"], "@alice:evil.org")
+    assert not re.search(users["regex"], "@alice:example.com")
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+
+
+def test_registration_regex_is_anchored(good: Path, tmp_path: Path) -> None:
+    output = tmp_path / "reg.yaml"
+    assert main(["generate-registration", "-c", str(good), "-o", str(output)]) == 0
+    regex = yaml.safe_load(output.read_text())["namespaces"]["users"][0]["regex"]
+    assert not re.match(regex, "@alice:example.org.evil")
+    assert not re.search(regex, "@alice:example.org.evil")
+
+
+def test_regenerated_registration_is_private(good: Path, tmp_path: Path) -> None:
+    output = tmp_path / "reg.yaml"
+    output.write_text("old\n")
+    os.chmod(output, 0o644)
+    assert main(["generate-registration", "-c", str(good), "-o", str(output)]) == 0
+    assert "as-secret" in output.read_text()
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+
+
+def test_main_config_error(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "-c", str(broken)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "config error" in err
+    assert "homeserver.url" in err
+
+
+def test_main_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "-c", str(tmp_path / "nope.yaml")]) == EXIT_CONFIG
+    assert "(file)" in capsys.readouterr().err
+
+
+def test_main_config_error_does_not_print_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = {**GOOD, "appservice": {"as_token": "same-secret", "hs_token": "same-secret"}}
+    path = tmp_path / "same.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["check-config", "-c", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "appservice.hs_token" in err
+    assert "same-secret" not in err
+
+
+def test_main_requires_config_option() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["check-config"])
+    assert info.value.code == 2

@@ -1,0 +1,265 @@
+"""Config parsing: every problem names its dotted key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import BridgeConfig, load_config, parse_config
+from bridge.errors import ConfigError
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "server_name": "example.org",
+        "public_baseurl": "https://matrix.example.org/",
+        "homeserver": {"url": "http://127.0.0.1:8008/"},
+        "appservice": {"as_token": "as-secret", "hs_token": "hs-secret"},
+        "issuer": {
+            "issuer": "https://auth.example.org/",
+            "introspection": {"client_id": "bridge", "client_secret": "client-secret"},
+        },
+    }
+
+
+def with_value(dotted: str, value: object) -> dict[str, Any]:
+    """The minimal document with ``dotted`` set to ``value`` (sections created as needed)."""
+    doc = minimal()
+    *parents, last = dotted.split(".")
+    section = doc
+    for name in parents:
+        section = section.setdefault(name, {})
+    section[last] = value
+    return doc
+
+
+def without(dotted: str) -> dict[str, Any]:
+    doc = minimal()
+    *parents, last = dotted.split(".")
+    section = doc
+    for name in parents:
+        section = section[name]
+    del section[last]
+    return doc
+
+
+def config_error(raw: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return info.value
+
+
+def test_minimal_document() -> None:
+    config = parse_config(minimal())
+    assert config.server_name == "example.org"
+    assert config.homeserver.url == "http://127.0.0.1:8008"  # trailing slash dropped
+    assert config.homeserver.strategy == "masquerade"
+    assert config.appservice.as_token == "as-secret"
+    assert config.appservice.sender_localpart == "oidc-bridge"
+    assert config.issuer.introspection.auth == "client_secret_basic"
+    assert config.issuer.localpart_claim == "username"
+    assert config.token_cache.max_ttl == 300.0
+    assert config.listen.port == 8008
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config(minimal())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server_name = "evil.org"  # type: ignore[misc]
+
+
+def test_mas_shared_secret_needs_no_client_id() -> None:
+    doc = with_value("issuer.introspection.auth", "mas_shared_secret")
+    del doc["issuer"]["introspection"]["client_id"]
+    config = parse_config(doc)
+    assert config.issuer.introspection.client_id is None
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "server_name",
+        "public_baseurl",
+        "homeserver",
+        "homeserver.url",
+        "appservice.as_token",
+        "appservice.hs_token",
+        "issuer",
+        "issuer.issuer",
+        "issuer.introspection",
+        "issuer.introspection.client_id",
+        "issuer.introspection.client_secret",
+    ],
+)
+def test_missing_key_is_named(key: str) -> None:
+    error = config_error(without(key))
+    assert error.key == key
+    assert "required" in error.problem
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["servername", "homeserver.urll", "issuer.introspection.clientid", "token_cache.maxttl"],
+)
+def test_unknown_key_is_named(key: str) -> None:
+    error = config_error(with_value(key, "x"))
+    assert error.key == key
+    assert error.problem == "is not a known setting"
+    assert str(error) == f"{key}: is not a known setting"
+
+
+@pytest.mark.parametrize("raw", [None, [], "server_name: x"])
+def test_top_level_must_be_a_mapping(raw: object) -> None:
+    assert config_error(raw).key == "(top level)"
+
+
+def test_section_must_be_a_mapping() -> None:
+    error = config_error(with_value("homeserver", "http://127.0.0.1:8008"))
+    assert (error.key, error.problem) == ("homeserver", "must be a mapping")
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("homeserver.url", "ftp://127.0.0.1"),
+        ("homeserver.url", "127.0.0.1:8008"),
+        ("public_baseurl", "https://"),
+        ("issuer.issuer", "https://auth.example.org/?tenant=1"),
+        ("issuer.issuer", "https://auth.example.org/#x"),
+        ("issuer.account_management_url", "mailto:admin@example.org"),
+    ],
+)
+def test_bad_url(key: str, url: str) -> None:
+    error = config_error(with_value(key, url))
+    assert error.key == key
+    assert "URL" in error.problem or "query" in error.problem
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("server_name", "exa mple.org", "not a valid Matrix server name"),
+        ("server_name", 42, "non-empty string"),
+        ("listen.port", "8008", "must be an integer"),
+        ("listen.port", 70000, "between 0 and 65535"),
+        ("listen.port", True, "must be an integer"),
+        ("token_cache.max_ttl", "5m", "must be a number"),
+        ("token_cache.max_ttl", 0.5, "at least 1"),
+        ("token_cache.negative_ttl", -1, "at least 0"),
+        ("homeserver.strategy", "device_login", "must be one of masquerade"),
+        ("homeserver.admin_api_allowlist", "/_synapse/admin/v1", "list of non-empty strings"),
+        ("homeserver.admin_api_allowlist", ["/admin/v1"], "must start with /_synapse/admin/"),
+        ("appservice.sender_localpart", "Bridge", "must match"),
+        ("appservice.as_token", 12345, "non-empty string"),
+        ("appservice.as_token", "", "non-empty string"),
+        ("issuer.introspection.auth", "none", "must be one of"),
+        ("issuer.introspection.timeout", 0, "at least 0.1"),
+        ("well_known.client_extra", ["m.identity_server"], "mapping with string keys"),
+    ],
+)
+def test_bad_value(key: str, value: object, problem: str) -> None:
+    error = config_error(with_value(key, value))
+    assert error.key == key
+    assert problem in error.problem
+
+
+@pytest.mark.parametrize(
+    "reserved", ["m.homeserver", "m.authentication", "org.matrix.msc2965.authentication"]
+)
+def test_client_extra_cannot_override_reserved_keys(reserved: str) -> None:
+    error = config_error(with_value("well_known.client_extra", {reserved: {"base_url": "x"}}))
+    assert error.key == "well_known.client_extra"
+    assert reserved in error.problem
+
+
+def test_client_extra_is_kept() -> None:
+    extra = {"m.identity_server": {"base_url": "https://id.example.org"}}
+    config = parse_config(with_value("well_known.client_extra", extra))
+    assert config.well_known.client_extra == extra
+
+
+def test_as_token_must_differ_from_hs_token() -> None:
+    error = config_error(with_value("appservice.hs_token", "as-secret"))
+    assert error.key == "appservice.hs_token"
+    assert "as-secret" not in str(error)
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    (tmp_path / "as_token").write_text("as-from-file\n")
+    doc = with_value("appservice.as_token_file", str(tmp_path / "as_token"))
+    del doc["appservice"]["as_token"]
+    assert parse_config(doc).appservice.as_token == "as-from-file"
+
+
+def test_secret_file_path_expands_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "introspection").write_text("secret-from-credential\n")
+    doc = with_value(
+        "issuer.introspection.client_secret_file", "${CREDENTIALS_DIRECTORY}/introspection"
+    )
+    del doc["issuer"]["introspection"]["client_secret"]
+    config = parse_config(doc)
+    assert config.issuer.introspection.client_secret == "secret-from-credential"
+
+
+def test_secret_inline_and_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "as_token").write_text("as-from-file\n")
+    error = config_error(with_value("appservice.as_token_file", str(tmp_path / "as_token")))
+    assert error.key == "appservice.as_token"
+    assert "not both" in error.problem
+
+
+def test_unreadable_secret_file(tmp_path: Path) -> None:
+    doc = with_value("appservice.hs_token_file", str(tmp_path / "missing"))
+    del doc["appservice"]["hs_token"]
+    error = config_error(doc)
+    assert error.key == "appservice.hs_token_file"
+    assert "cannot read" in error.problem
+
+
+def test_empty_secret_file(tmp_path: Path) -> None:
+    (tmp_path / "hs_token").write_text("\n")
+    doc = with_value("appservice.hs_token_file", str(tmp_path / "hs_token"))
+    del doc["appservice"]["hs_token"]
+    error = config_error(doc)
+    assert error.key == "appservice.hs_token_file"
+    assert "is empty" in error.problem
+
+
+def test_load_config(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(
+        """
+server_name: example.org
+public_baseurl: https://matrix.example.org
+homeserver: {url: "http://127.0.0.1:8008"}
+appservice: {as_token: a, hs_token: b}
+issuer:
+  issuer: https://auth.example.org/
+  introspection: {auth: mas_shared_secret, client_secret: s}
+"""
+    )
+    config = load_config(path)
+    assert isinstance(config, BridgeConfig)
+    assert config.issuer.introspection.auth == "mas_shared_secret"
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.yaml")
+    assert info.value.key == "(file)"
+    assert "cannot read" in info.value.problem
+
+
+def test_load_config_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text("server_name: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "(file)"
+    assert "not valid YAML" in info.value.problem
