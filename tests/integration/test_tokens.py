@@ -71,3 +71,18 @@ async def test_issuer_down_cached_token_works_new_token_503(
     # Still unavailable, not cached as invalid: a retry asks the issuer again.
     resp = await bridge.get(WHOAMI, headers=auth(fresh))
     assert resp.status == 503
+
+
+async def test_cached_token_expires_with_the_token(make_bridge: MakeBridge, login: Login) -> None:
+    short_lived = start_issuer(access_token_ttl=2)
+    try:
+        # The configured cache maximum (300 s) is far longer than the token's life.
+        bridge = await make_bridge(short_lived)
+        token = await login(new_localpart("alice"), "DEVA", on_issuer=short_lived)
+        assert (await bridge.get(WHOAMI, headers=auth(token))).status == 200
+        await asyncio.sleep(3)
+        resp = await bridge.get(WHOAMI, headers=auth(token))
+        assert resp.status == 401
+        assert (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    finally:
+        short_lived.stop()
