@@ -13,7 +13,6 @@ install: $(VENV)/.installed $(SYNAPSE_VENV)/.installed $(ISSUER_DIR)/node_module
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import re
 
-from bridge.errors import BadRequest
+from bridge.errors import BadRequest, NotFound
 
-# Any client-server API version prefix: r0, v1, v3, ..., unstable[/<feature>].
-CLIENT = r"/_matrix/client/(?:r0|v\d+|unstable(?:/[^/]+)?)"
+# Any client-server API version prefix: api/v1 (still served by Synapse), r0,
+# v1, v3, ..., unstable[/<feature>].
+CLIENT = r"/_matrix/client/(?:api/v1|r0|v\d+|unstable(?:/[^/]+)?)"
+# Every path under /_matrix/client the bridge forwards starts like this.
+_KNOWN_CLIENT = re.compile(r"/_matrix/client/(?:versions|(?:api/v1|r0|v\d+|unstable)(?:/.*)?)")
 
 _SLASHES = re.compile(r"/{2,}")
 
 
 def normalize(decoded_path: str) -> str:
-    """Fold ``//`` and a trailing ``/``; refuse ``.`` and ``..`` segments."""
+    """Fold ``//`` and a trailing ``/``; refuse ``.`` and ``..`` segments and
+    client-API paths under a version prefix no homeserver serves."""
     path = _SLASHES.sub("/", decoded_path)
     if len(path) > 1:
         path = path.rstrip("/")
     if any(segment in (".", "..") for segment in path.split("/")):
         raise BadRequest("Path has dot segments", errcode="M_UNRECOGNIZED")
+    if path.startswith("/_matrix/client/") and not _KNOWN_CLIENT.fullmatch(path):
+        raise NotFound("Unrecognized request")
     return path

@@ -21,6 +21,7 @@ import hmac
 import logging
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -61,10 +62,14 @@ _REQUEST_DROP = HOP_BY_HOP | {
 STRIPPED_QUERY = frozenset(
     {"access_token", "user_id", "device_id", "org.matrix.msc3202.device_id", "ts"}
 )
-# PUT endpoints whose last path segment is a client transaction ID.
+# PUT endpoints whose last segment is a transaction ID the homeserver caches
+# per (appservice, path): Synapse's register_txn_path() and sendToDevice, with
+# its raw-path semantics (segments may be empty).
 _TXN_PATH = re.compile(
-    r"^(?P<head>/_matrix/client/(?:r0|v\d+|unstable(?:/[^/]+)?)"
-    r"(?:/rooms/[^/]+/(?:send|redact)/[^/]+|/sendToDevice/[^/]+)/)(?P<txn>[^/]+)$"
+    r"^(?P<head>/_matrix/client/(?:api/v1|r0|v\d+|unstable(?:/[^/]+)?)/"
+    r"(?:createRoom|join/[^/]*|sendToDevice/[^/]*"
+    r"|rooms/[^/]*/(?:send/[^/]*|redact/[^/]*|forget|join|invite|leave|ban|unban|kick))/)"
+    r"(?P<txn>[^/]*)$"
 )
 _CHUNK = 64 * 1024
 
@@ -124,6 +129,32 @@ class Forwarder:
             headers["X-Forwarded-For"] = request.remote
         headers["X-Forwarded-Proto"] = request.scheme
         return headers
+
+    async def call_as(
+        self, identity: Identity, method: str, path: str, body: object
+    ) -> tuple[int, dict[str, Any]]:
+        """A JSON request the bridge itself makes on the homeserver as ``identity``."""
+        await self._strategy.prepare(identity)
+        authorization, params = self._strategy.credentials(identity)
+        try:
+            async with self._session.request(
+                method,
+                self._base + path,
+                params=params,
+                json=body,
+                headers={"Authorization": authorization},
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = None
+                return resp.status, answer if isinstance(answer, dict) else {}
+        except TimeoutError as e:
+            raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
+        except aiohttp.ClientError as e:
+            raise HomeserverUnavailable("The homeserver is unreachable") from e
 
     async def forward(
         self,

@@ -17,6 +17,8 @@ AUTHENTICATOR = web.AppKey("authenticator", CachedAuthenticator)
 STRATEGY = web.AppKey("strategy", IdentityStrategy)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 
+# The normalised path (bridge.paths.normalize), set by the first routing middleware.
+PATH: web.RequestKey[str] = web.RequestKey("path")
 # Set by the auth middleware on every forwarded route: None for an anonymous
 # request to a public endpoint.
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")

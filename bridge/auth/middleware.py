@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bridge.errors import BadRequest, MissingToken
-from bridge.paths import CLIENT, normalize
-from bridge.state import AUTHENTICATOR, IDENTITY
+from bridge.paths import CLIENT
+from bridge.state import AUTHENTICATOR, IDENTITY, PATH
 
 FORWARDED_ROUTE = "forward:"
 
@@ -78,7 +78,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     token = bearer_token(request)
     if token is None:
-        if not is_public(request.method, normalize(request.path)):
+        if not is_public(request.method, request[PATH]):
             raise MissingToken("Missing access token")
         request[IDENTITY] = None
     else:

@@ -15,6 +15,8 @@ def registration(appservice: AppserviceConfig, server_name: str) -> dict[str, An
     calls it. The user namespace is not exclusive: an exclusive one turns off
     push rules on Synapse and blocks the users' own registration.
     ``io.element.msc4190`` lets the appservice create devices with ``PUT /devices``.
+    ``rate_limited: true``: the homeserver applies its per-user rate limits to
+    the users the bridge acts as, as it would to them directly.
     """
     return {
         "id": appservice.id,
@@ -22,7 +24,7 @@ def registration(appservice: AppserviceConfig, server_name: str) -> dict[str, An
         "as_token": appservice.as_token,
         "hs_token": appservice.hs_token,
         "sender_localpart": appservice.sender_localpart,
-        "rate_limited": False,
+        "rate_limited": True,
         "namespaces": {
             "users": [{"exclusive": False, "regex": f"^@[^:]+:{re.escape(server_name)}$"}],
             "aliases": [],

@@ -1,51 +1,130 @@
-"""Forwarded routes: the client-server API, media, and allow-listed admin API."""
+"""Forwarded routes: the client-server API, media, and allow-listed admin API.
+
+Two requests are looked into before they are forwarded, because the
+homeserver would trust them on the appservice's word: an
+``m.login.application_service`` login, and a cross-signing key upload that
+replaces existing keys (the homeserver skips user-interactive auth for
+appservices; the bridge asks for the ``m.oauth`` stage instead, as Synapse
+does with MAS).
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 from aiohttp import web
 
+from bridge.auth.identity import Identity
 from bridge.auth.middleware import FORWARDED_ROUTE
 from bridge.errors import BadRequest, MatrixError
+from bridge.paths import CLIENT
+from bridge.proxy import Forwarder
 from bridge.routes.refused import refusal
-from bridge.state import FORWARDER, IDENTITY
+from bridge.state import CONFIG, FORWARDER, IDENTITY, ISSUER_METADATA, PATH
 
-# A login body is small; a larger one is not a login.
-_MAX_LOGIN_BODY = 64 * 1024
+# The JSON bodies read here are small; a larger one is not what it claims to be.
+_MAX_JSON_BODY = 64 * 1024
+_LOGIN = re.compile(rf"{CLIENT}/login")
+_SIGNING_KEYS_UPLOAD = re.compile(rf"{CLIENT}/keys/device_signing/upload")
+# Upload field → /keys/query field holding the current key of that kind.
+_CROSS_SIGNING_KEYS = {
+    "master_key": "master_keys",
+    "self_signing_key": "self_signing_keys",
+    "user_signing_key": "user_signing_keys",
+}
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
+    if request.method == "POST":
+        if _LOGIN.fullmatch(request[PATH]):
+            return await login(request)
+        if _SIGNING_KEYS_UPLOAD.fullmatch(request[PATH]):
+            return await signing_keys_upload(request)
     return await request.app[FORWARDER].forward(request, request[IDENTITY])
 
 
-async def login(request: web.Request) -> web.StreamResponse:
-    """``POST /login``: forwarded, except the appservice login type.
-
-    The body is read (bounded) to see its ``type``: an ``m.login.application_service``
-    login through the bridge would hand out homeserver-native tokens.
-    """
+async def _read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk
-        if len(body) > _MAX_LOGIN_BODY:
-            raise MatrixError("Login request too large", errcode="M_TOO_LARGE", status=413)
+        if len(body) > _MAX_JSON_BODY:
+            raise MatrixError("Request too large", errcode="M_TOO_LARGE", status=413)
     try:
-        login_type = json.loads(body).get("type")
-    except (ValueError, AttributeError) as e:
-        raise BadRequest("Login body is not a JSON object", errcode="M_NOT_JSON") from e
-    if login_type == "m.login.application_service":
+        parsed = json.loads(body)
+    except ValueError as e:
+        raise BadRequest("Body is not JSON", errcode="M_NOT_JSON") from e
+    if not isinstance(parsed, dict):
+        raise BadRequest("Body is not a JSON object", errcode="M_BAD_JSON")
+    return bytes(body), parsed
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """``POST /login``: forwarded, except the appservice login type."""
+    body, parsed = await _read_json_object(request)
+    if parsed.get("type") == "m.login.application_service":
         raise refusal(request, "Application-service login")
-    return await request.app[FORWARDER].forward(request, request[IDENTITY], body=bytes(body))
+    return await request.app[FORWARDER].forward(request, request[IDENTITY], body=body)
+
+
+async def signing_keys_upload(request: web.Request) -> web.StreamResponse:
+    """``POST /keys/device_signing/upload``: first set-up passes, a reset needs ``m.oauth``."""
+    identity = request[IDENTITY]
+    body, parsed = await _read_json_object(request)
+    forwarder = request.app[FORWARDER]
+    if identity is not None and await _replaces_cross_signing_keys(forwarder, identity, parsed):
+        where = request.app[ISSUER_METADATA].account_url() or request.app[CONFIG].issuer.issuer
+        url = f"{where}?action=org.matrix.cross_signing_reset"
+        return web.json_response(
+            {
+                "session": "dummy",
+                "flows": [{"stages": ["m.oauth"]}, {"stages": ["org.matrix.cross_signing_reset"]}],
+                "params": {
+                    "m.oauth": {"url": url},
+                    "org.matrix.cross_signing_reset": {"url": url},
+                },
+                "msg": "To reset your end-to-end encryption cross-signing identity, "
+                f"you first need to approve it at {url} and then try again.",
+            },
+            status=401,
+        )
+    return await forwarder.forward(request, identity, body=body)
+
+
+async def _replaces_cross_signing_keys(
+    forwarder: Forwarder, identity: Identity, upload: dict[str, Any]
+) -> bool:
+    """Whether the upload changes keys of a cross-signing identity that already exists."""
+    status, current = await forwarder.call_as(
+        identity, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {identity.user_id: []}}
+    )
+    if status != 200:
+        raise MatrixError("The homeserver could not list the current keys", status=502)
+
+    def current_key(field: str) -> Any:
+        keys = current.get(field)
+        return keys.get(identity.user_id) if isinstance(keys, dict) else None
+
+    if current_key("master_keys") is None:
+        return False  # first set-up: allowed without re-authentication (MSC3967)
+    for upload_field, query_field in _CROSS_SIGNING_KEYS.items():
+        new = upload.get(upload_field)
+        if new is None:
+            continue
+        old = current_key(query_field)
+        if not isinstance(new, dict) or not isinstance(old, dict):
+            return True
+        if new.get("keys") != old.get("keys"):
+            return True
+    return False
 
 
 def add_routes(app: web.Application) -> None:
     """Catch-alls go last: the bridge's own routes are registered before them."""
-    router = app.router
-    router.add_post(r"/_matrix/client/{version}/login", login, name=FORWARDED_ROUTE + "login")
     for prefix, name in (
         ("/_matrix/client", "client"),
         ("/_matrix/media", "media"),
         ("/_synapse/admin", "admin"),
     ):
-        router.add_route("*", prefix + "/{tail:.*}", forward, name=FORWARDED_ROUTE + name)
+        app.router.add_route("*", prefix + "/{tail:.*}", forward, name=FORWARDED_ROUTE + name)

@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 
 from bridge.errors import Forbidden
 from bridge.paths import CLIENT, normalize
-from bridge.state import CONFIG, ISSUER_METADATA
+from bridge.state import CONFIG, ISSUER_METADATA, PATH
 
 _ANY = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _WRITE = _ANY - {"GET", "HEAD", "OPTIONS"}
@@ -34,6 +34,9 @@ CLOSED_DOORS = [
     # Forwarded as the appservice, these would delete the homeserver device
     # while the OAuth session lives on.
     (_WRITE, re.compile(rf"^{CLIENT}/logout(?:/all)?$"), "Logging out"),
+    # Appservice-only: would let any user publish any room in the bridge's
+    # appservice room directory.
+    (_WRITE, re.compile(rf"^{CLIENT}/directory/list/appservice/.+$"), "Appservice room lists"),
 ]
 
 
@@ -57,7 +60,7 @@ def admin_api_allowed(allowlist: tuple[str, ...], path: str) -> bool:
 
 @web.middleware
 async def refused_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = normalize(request.path)
+    path = request[PATH] = normalize(request.path)
     what = closed_door(request.method, path)
     if what is not None:
         raise refusal(request, what)

@@ -1,0 +1,308 @@
+"""Fault-injecting fakes: a small issuer and a small homeserver, each a real web.Application.
+
+They are served with pytest-aiohttp's ``aiohttp_server`` and programmed per test:
+
+- :class:`FakeIssuer` serves a discovery document and an introspection endpoint. Tokens
+  it knows (``issuer.tokens``) introspect as active with their claims, any other as
+  ``{"active": false}``; ``issuer.fault`` replaces every answer (status, body, delay).
+  Every introspection request is recorded (headers and form).
+- :class:`FakeHomeserver` records every request (method, raw path, query, headers, body),
+  answers the appservice's ``POST /register`` and ``PUT /devices/{id}`` itself, and
+  answers everything else with ``homeserver.answer``.
+
+``bridge_config()`` builds a :class:`BridgeConfig` pointing at both; ``start_bridge()``
+serves ``create_app(config)`` and returns a test client for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict, MultiDict
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from bridge.app import create_app
+from bridge.config import BridgeConfig, parse_config
+
+SERVER_NAME = "example.test"
+PUBLIC_BASEURL = "https://matrix.example.test/"
+AS_TOKEN = "as-token-0123456789"
+HS_TOKEN = "hs-token-9876543210"
+CLIENT_ID = "bridge"
+CLIENT_SECRET = "bridge-secret"
+# Fake homeserver bodies (5 MB uploads) exceed aiohttp's 1 MB default.
+_MAX_BODY = 64 * 1024 * 1024
+
+BridgeClient = TestClient[web.Request, web.Application]
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def free_port() -> int:
+    """A local TCP port that nothing listens on (for "peer is down" tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def active_claims(
+    username: str = "alice", device_id: str = "DEVA", **extra: object
+) -> dict[str, object]:
+    """Introspection claims of a valid client-API access token for ``username``/``device_id``."""
+    return {
+        "active": True,
+        "scope": f"urn:matrix:client:api:* urn:matrix:client:device:{device_id}",
+        "username": username,
+        "token_type": "Bearer",
+        "exp": int(time.time()) + 3600,
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Issuer
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One programmed introspection answer: raw body bytes, status, and a delay before it."""
+
+    status: int = 200
+    body: bytes = b"{}"
+    content_type: str = "application/json"
+    delay: float = 0.0
+
+    @classmethod
+    def json(cls, document: object, *, status: int = 200, delay: float = 0.0) -> Fault:
+        return cls(status=status, body=json.dumps(document).encode(), delay=delay)
+
+
+@dataclass(frozen=True)
+class IntrospectionRequest:
+    """What the issuer got on its introspection endpoint."""
+
+    headers: CIMultiDict[str]
+    form: MultiDict[str]
+
+
+class FakeIssuer:
+    """Discovery at ``/.well-known/openid-configuration``; introspection at ``/oauth2/introspect``.
+
+    ``url`` is the issuer identifier, with its trailing slash.
+    """
+
+    def __init__(self) -> None:
+        self.url = ""  # "http://127.0.0.1:<port>/", set by start()
+        self.tokens: dict[str, Mapping[str, object]] = {}
+        self.fault: Fault | None = None
+        # None: the document names this issuer's own URL.
+        self.discovery_issuer: str | None = None
+        self.discovery_extra: dict[str, object] = {}
+        self.discovery_requests = 0
+        self.introspections: list[IntrospectionRequest] = []
+
+    @classmethod
+    async def start(cls, aiohttp_server: AiohttpServer) -> FakeIssuer:
+        issuer = cls()
+        server = await aiohttp_server(issuer.app())
+        issuer.url = str(server.make_url("/"))
+        return issuer
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/.well-known/openid-configuration", self._discovery)
+        app.router.add_post("/oauth2/introspect", self._introspect)
+        return app
+
+    @property
+    def introspection_endpoint(self) -> str:
+        return self.url + "oauth2/introspect"
+
+    def discovery_document(self) -> dict[str, object]:
+        return {
+            "issuer": self.url if self.discovery_issuer is None else self.discovery_issuer,
+            "authorization_endpoint": self.url + "oauth2/authorize",
+            "token_endpoint": self.url + "oauth2/token",
+            "introspection_endpoint": self.introspection_endpoint,
+            "response_types_supported": ["code"],
+            **self.discovery_extra,
+        }
+
+    async def _discovery(self, _request: web.Request) -> web.Response:
+        self.discovery_requests += 1
+        return web.json_response(self.discovery_document())
+
+    async def _introspect(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        self.introspections.append(
+            IntrospectionRequest(
+                headers=CIMultiDict(request.headers),
+                form=MultiDict((k, v) for k, v in form.items() if isinstance(v, str)),
+            )
+        )
+        if self.fault is not None:
+            await asyncio.sleep(self.fault.delay)
+            return web.Response(
+                status=self.fault.status,
+                body=self.fault.body,
+                content_type=self.fault.content_type,
+            )
+        token = form.get("token")
+        claims = self.tokens.get(token) if isinstance(token, str) else None
+        return web.json_response(dict(claims) if claims is not None else {"active": False})
+
+
+# ---------------------------------------------------------------------------------------
+# Homeserver
+
+
+RequestKind = Literal["register", "device", "client"]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the homeserver received it."""
+
+    kind: RequestKind
+    method: str
+    raw_path: str
+    query: MultiDict[str]
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+def json_answer(
+    status: int = 200, document: object = None, headers: Mapping[str, str] | None = None
+) -> Answer:
+    """An answer with a JSON body (``{}`` by default)."""
+    body = json.dumps({} if document is None else document).encode()
+
+    async def answer(_request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=status, body=body, content_type="application/json", headers=headers
+        )
+
+    return answer
+
+
+class FakeHomeserver:
+    """Records what reaches the homeserver; provisioning calls answered, the rest programmable."""
+
+    def __init__(self) -> None:
+        self.url = ""  # "http://127.0.0.1:<port>", set by start()
+        self.server: TestServer | None = None
+        self.requests: list[RecordedRequest] = []
+        self.answer: Answer = json_answer()
+        # False: the answer reads the request body itself (recorded body is then b"").
+        self.read_body = True
+        self.register_delay = 0.0
+        self._devices: set[tuple[str, str]] = set()
+
+    @classmethod
+    async def start(cls, aiohttp_server: AiohttpServer) -> FakeHomeserver:
+        homeserver = cls()
+        homeserver.server = await aiohttp_server(homeserver.app())
+        homeserver.url = str(homeserver.server.make_url("")).rstrip("/")
+        return homeserver
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_post("/_matrix/client/v3/register", self._register)
+        app.router.add_put("/_matrix/client/v3/devices/{device_id}", self._device)
+        app.router.add_route("*", "/{tail:.*}", self._client)
+        return app
+
+    def of_kind(self, kind: RequestKind) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.kind == kind]
+
+    @property
+    def client_requests(self) -> list[RecordedRequest]:
+        """Requests forwarded on a client's behalf (not the bridge's own provisioning)."""
+        return self.of_kind("client")
+
+    async def _record(self, kind: RequestKind, request: web.Request, *, body: bool = True) -> None:
+        self.requests.append(
+            RecordedRequest(
+                kind=kind,
+                method=request.method,
+                raw_path=request.rel_url.raw_path,
+                query=MultiDict(request.rel_url.query),
+                headers=CIMultiDict(request.headers),
+                body=await request.read() if body else b"",
+            )
+        )
+
+    async def _register(self, request: web.Request) -> web.Response:
+        await self._record("register", request)
+        await asyncio.sleep(self.register_delay)
+        username = (await request.json()).get("username")
+        return web.json_response({"user_id": f"@{username}:{SERVER_NAME}"})
+
+    async def _device(self, request: web.Request) -> web.Response:
+        await self._record("device", request)
+        key = (request.query.get("user_id", ""), request.match_info["device_id"])
+        created = key not in self._devices
+        self._devices.add(key)
+        return web.json_response({}, status=201 if created else 200)
+
+    async def _client(self, request: web.Request) -> web.StreamResponse:
+        await self._record("client", request, body=self.read_body)
+        return await self.answer(request)
+
+
+# ---------------------------------------------------------------------------------------
+# Bridge
+
+
+def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, recursively; an override of None removes a key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def bridge_config(
+    issuer_url: str, homeserver_url: str, *overrides: Mapping[str, Any]
+) -> BridgeConfig:
+    """A config for a bridge between ``issuer_url`` and ``homeserver_url``.
+
+    Each of ``overrides`` is merged in turn, recursively (None removes a key).
+    """
+    raw: dict[str, Any] = {
+        "server_name": SERVER_NAME,
+        "public_baseurl": PUBLIC_BASEURL,
+        "homeserver": {"url": homeserver_url},
+        "appservice": {"as_token": AS_TOKEN, "hs_token": HS_TOKEN},
+        "issuer": {
+            "issuer": issuer_url,
+            "introspection": {
+                "auth": "client_secret_basic",
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+            },
+        },
+    }
+    for layer in overrides:
+        raw = _merged(raw, layer)
+    return parse_config(raw)
+
+
+async def start_bridge(
+    aiohttp_client: AiohttpClient, config: BridgeConfig, **client_kwargs: Any
+) -> BridgeClient:
+    """Serve ``create_app(config)`` and return a client for it (its startup has run)."""
+    return await aiohttp_client(create_app(config), **client_kwargs)
