@@ -31,6 +31,7 @@ from yarl import URL
 from bridge.auth.identity import Identity
 from bridge.config import HomeserverConfig
 from bridge.errors import HomeserverUnavailable
+from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
 
 log = logging.getLogger("bridge.proxy")
@@ -136,25 +137,15 @@ class Forwarder:
         """A JSON request the bridge itself makes on the homeserver as ``identity``."""
         await self._strategy.prepare(identity)
         authorization, params = self._strategy.credentials(identity)
-        try:
-            async with self._session.request(
-                method,
-                self._base + path,
-                params=params,
-                json=body,
-                headers={"Authorization": authorization},
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as resp:
-                try:
-                    answer = await resp.json(content_type=None)
-                except ValueError:
-                    answer = None
-                return resp.status, answer if isinstance(answer, dict) else {}
-        except TimeoutError as e:
-            raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
-        except aiohttp.ClientError as e:
-            raise HomeserverUnavailable("The homeserver is unreachable") from e
+        return await call_json(
+            self._session,
+            method,
+            self._base + path,
+            authorization=authorization,
+            body=body,
+            params=params,
+            client_timeout=self._timeout,
+        )
 
     async def forward(
         self,

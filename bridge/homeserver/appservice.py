@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -17,39 +18,62 @@ log = logging.getLogger("bridge.homeserver")
 _V3 = "/_matrix/client/v3"
 
 
+async def call_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    authorization: str,
+    body: object,
+    params: Sequence[tuple[str, str]] = (),
+    client_timeout: aiohttp.ClientTimeout,
+) -> tuple[int, dict[str, Any]]:
+    """One JSON request of the bridge's own to the homeserver: (status, JSON object or {})."""
+    try:
+        async with session.request(
+            method,
+            url,
+            params=params,
+            data=json.dumps(body),
+            headers={"Authorization": authorization, "Content-Type": "application/json"},
+            timeout=client_timeout,
+            allow_redirects=False,
+        ) as resp:
+            try:
+                answer = await resp.json(content_type=None)
+            except ValueError:
+                answer = None
+            return resp.status, answer if isinstance(answer, dict) else {}
+    except TimeoutError as e:
+        raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
+    except aiohttp.ClientError as e:
+        log.warning("homeserver request failed: %s", type(e).__name__)
+        raise HomeserverUnavailable("The homeserver is unreachable") from e
+
+
 class AppserviceClient:
     """Registers users and creates devices through the appservice API (MSC4190)."""
 
     def __init__(self, session: aiohttp.ClientSession, config: BridgeConfig) -> None:
         self._session = session
         self._base = config.homeserver.url
-        self._auth = {"Authorization": f"Bearer {config.appservice.as_token}"}
+        self._authorization = f"Bearer {config.appservice.as_token}"
         self._timeout = aiohttp.ClientTimeout(
             total=config.homeserver.connect_timeout + 30, connect=config.homeserver.connect_timeout
         )
 
     async def _call(
-        self, method: str, path: str, *, body: dict[str, Any], params: dict[str, str] | None = None
+        self, method: str, path: str, *, body: object, params: Sequence[tuple[str, str]] = ()
     ) -> tuple[int, dict[str, Any]]:
-        try:
-            async with self._session.request(
-                method,
-                self._base + path,
-                params=params,
-                data=json.dumps(body),
-                headers={**self._auth, "Content-Type": "application/json"},
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                try:
-                    answer = await resp.json(content_type=None)
-                except ValueError:
-                    answer = None
-                return resp.status, answer if isinstance(answer, dict) else {}
-        except TimeoutError as e:
-            raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
-        except aiohttp.ClientError as e:
-            raise HomeserverUnavailable("The homeserver is unreachable") from e
+        return await call_json(
+            self._session,
+            method,
+            self._base + path,
+            authorization=self._authorization,
+            body=body,
+            params=params,
+            client_timeout=self._timeout,
+        )
 
     async def register_user(self, localpart: str) -> None:
         """Register ``localpart``; an existing user is fine."""
@@ -76,7 +100,7 @@ class AppserviceClient:
         status, answer = await self._call(
             "PUT",
             f"{_V3}/devices/{quote(device_id, safe='')}",
-            params={"user_id": user_id},
+            params=[("user_id", user_id)],
             body={},
         )
         if status in (200, 201):
