@@ -62,11 +62,6 @@ async def issuer(aiohttp_server: AiohttpServer) -> FakeIssuer:
 
 
 @pytest.fixture
-async def homeserver(aiohttp_server: AiohttpServer) -> FakeHomeserver:
-    return await FakeHomeserver.start(aiohttp_server)
-
-
-@pytest.fixture
 def make_bridge(
     aiohttp_client: AiohttpClient, issuer: FakeIssuer, homeserver: FakeHomeserver
 ) -> MakeBridge:

@@ -18,7 +18,7 @@ from bridge.config import AppserviceConfig
 from tests.integration.conftest import Login, auth, new_localpart
 from tests.support.issuer import TestIssuer
 from tests.support.net import free_port, wait_http
-from tests.support.stack import bridge_config_document
+from tests.support.stack import served_bridge_document
 from tests.support.synapse import SynapseServer
 
 
@@ -36,12 +36,8 @@ def served(
     """``matrix-oidc-bridge serve`` in its own process, logging at DEBUG."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    document = bridge_config_document(
-        issuer=issuer,
-        homeserver_url=synapse.base_url,
-        appservice=appservice,
-        public_baseurl=base + "/",
-        listen={"host": "127.0.0.1", "port": port},
+    document = served_bridge_document(
+        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice, port=port
     )
     config = tmp_path / "bridge.yaml"
     config.write_text(yaml.safe_dump(document), encoding="utf-8")

@@ -26,8 +26,8 @@ from tests.support.issuer import obtain_token, start_issuer
 from tests.support.net import free_port, wait_http
 from tests.support.stack import (
     SERVER_NAME,
-    bridge_config_document,
     new_appservice,
+    served_bridge_document,
     write_registration,
 )
 from tests.support.synapse import start_synapse
@@ -67,12 +67,8 @@ def main() -> int:
     )
     bridge_port = free_port()
     bridge_url = f"http://127.0.0.1:{bridge_port}/"
-    document = bridge_config_document(
-        issuer=issuer,
-        homeserver_url=synapse.base_url,
-        appservice=appservice,
-        public_baseurl=bridge_url,
-        listen={"host": "127.0.0.1", "port": bridge_port},
+    document = served_bridge_document(
+        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice, port=bridge_port
     )
     config_path = DEMO_DIR / "bridge.yaml"
     config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")

@@ -65,3 +65,16 @@ def bridge_config(
             issuer=issuer, homeserver_url=homeserver_url, appservice=appservice, **extra
         )
     )
+
+
+def served_bridge_document(
+    *, issuer: TestIssuer, homeserver_url: str, appservice: AppserviceConfig, port: int
+) -> dict[str, object]:
+    """The config of a bridge that ``serve`` runs on 127.0.0.1:``port``."""
+    return bridge_config_document(
+        issuer=issuer,
+        homeserver_url=homeserver_url,
+        appservice=appservice,
+        public_baseurl=f"http://127.0.0.1:{port}/",
+        listen={"host": "127.0.0.1", "port": port},
+    )
