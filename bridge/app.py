@@ -26,7 +26,7 @@ from bridge.proxy import Forwarder
 from bridge.routes import client, discovery, well_known
 from bridge.routes.cors import add_cors_headers, preflight_middleware
 from bridge.routes.refused import refused_middleware
-from bridge.state import AUTHENTICATOR, CONFIG, FORWARDER, ISSUER_METADATA, STRATEGY
+from bridge.state import AUTHENTICATOR, CONFIG, FORWARDER, ISSUER_METADATA
 
 log = logging.getLogger("bridge.app")
 
@@ -76,7 +76,6 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
     ) as session:
         strategy = Masquerade(AppserviceClient(session, config), config)
-        app[STRATEGY] = strategy
         # Derived, so operators have one secret fewer to manage.
         txn_key = hmac.new(
             config.appservice.as_token.encode(), b"matrix-oidc-bridge txnId", hashlib.sha256

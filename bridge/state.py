@@ -7,14 +7,12 @@ from aiohttp import web
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
-from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.proxy import Forwarder
 
 CONFIG = web.AppKey("config", BridgeConfig)
 ISSUER_METADATA = web.AppKey("issuer_metadata", IssuerMetadata)
 AUTHENTICATOR = web.AppKey("authenticator", CachedAuthenticator)
-STRATEGY = web.AppKey("strategy", IdentityStrategy)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 
 # The normalised path (bridge.paths.normalize), set by the first routing middleware.
