@@ -13,11 +13,13 @@ import re
 
 from bridge.errors import BadRequest, NotFound
 
-# Any client-server API version prefix: api/v1 (still served by Synapse), r0,
-# v1, v3, ..., unstable[/<feature>].
-CLIENT = r"/_matrix/client/(?:api/v1|r0|v\d+|unstable(?:/[^/]+)?)"
+# The client-server API version prefixes: api/v1 (still served by Synapse), r0,
+# v1, v3, ..., unstable.
+_VERSION = r"(?:api/v1|r0|v\d+|unstable)"
+# Any client-server API prefix, unstable ones with an optional feature segment.
+CLIENT = rf"/_matrix/client/(?:{_VERSION}|unstable/[^/]+)"
 # Every path under /_matrix/client the bridge forwards starts like this.
-_KNOWN_CLIENT = re.compile(r"/_matrix/client/(?:versions|(?:api/v1|r0|v\d+|unstable)(?:/.*)?)")
+_KNOWN_CLIENT = re.compile(rf"/_matrix/client/(?:versions|{_VERSION}(?:/.*)?)")
 
 _SLASHES = re.compile(r"/{2,}")
 

@@ -33,6 +33,7 @@ from bridge.config import HomeserverConfig
 from bridge.errors import HomeserverUnavailable
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
+from bridge.paths import CLIENT
 
 log = logging.getLogger("bridge.proxy")
 
@@ -67,7 +68,7 @@ STRIPPED_QUERY = frozenset(
 # per (appservice, path): Synapse's register_txn_path() and sendToDevice, with
 # its raw-path semantics (segments may be empty).
 _TXN_PATH = re.compile(
-    r"^(?P<head>/_matrix/client/(?:api/v1|r0|v\d+|unstable(?:/[^/]+)?)/"
+    rf"^(?P<head>{CLIENT}/"
     r"(?:createRoom|join/[^/]*|sendToDevice/[^/]*"
     r"|rooms/[^/]*/(?:send/[^/]*|redact/[^/]*|forget|join|invite|leave|ban|unban|kick))/)"
     r"(?P<txn>[^/]*)$"

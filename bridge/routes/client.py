@@ -21,8 +21,8 @@ from bridge.auth.middleware import FORWARDED_ROUTE
 from bridge.errors import BadRequest, MatrixError
 from bridge.paths import CLIENT
 from bridge.proxy import Forwarder
-from bridge.routes.refused import refusal
-from bridge.state import CONFIG, FORWARDER, IDENTITY, ISSUER_METADATA, PATH
+from bridge.routes.refused import account_management_url, refusal
+from bridge.state import FORWARDER, IDENTITY, PATH
 
 # The JSON bodies read here are small; a larger one is not what it claims to be.
 _MAX_JSON_BODY = 64 * 1024
@@ -74,8 +74,7 @@ async def signing_keys_upload(request: web.Request) -> web.StreamResponse:
     body, parsed = await _read_json_object(request)
     forwarder = request.app[FORWARDER]
     if identity is not None and await _replaces_cross_signing_keys(forwarder, identity, parsed):
-        where = request.app[ISSUER_METADATA].account_url() or request.app[CONFIG].issuer.issuer
-        url = f"{where}?action=org.matrix.cross_signing_reset"
+        url = f"{account_management_url(request)}?action=org.matrix.cross_signing_reset"
         return web.json_response(
             {
                 "session": "dummy",

@@ -48,9 +48,14 @@ def closed_door(method: str, path: str) -> str | None:
     return None
 
 
+def account_management_url(request: web.Request) -> str:
+    """Where users manage their account; the issuer itself when none is known."""
+    return request.app[ISSUER_METADATA].account_url() or request.app[CONFIG].issuer.issuer
+
+
 def refusal(request: web.Request, what: str) -> Forbidden:
     """The error for a closed door, naming where the user can do it instead."""
-    where = request.app[ISSUER_METADATA].account_url() or request.app[CONFIG].issuer.issuer
+    where = account_management_url(request)
     return Forbidden(f"{what} is handled by the authentication service: {where}")
 
 
