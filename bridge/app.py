@@ -15,12 +15,13 @@ from aiohttp import web
 from bridge import __version__
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.middleware import auth_middleware
-from bridge.auth.verifier import IntrospectionVerifier
+from bridge.auth.verifier import ClaimRules, IntrospectionVerifier
 from bridge.config import BridgeConfig
 from bridge.errors import IssuerUnavailable, error_middleware
 from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.masquerade import Masquerade
 from bridge.issuer.introspection import Introspector
+from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.proxy import Forwarder
 from bridge.routes import client, discovery, well_known
@@ -52,10 +53,9 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         except IssuerUnavailable as e:
             log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
         app[ISSUER_METADATA] = metadata
+        limit = InflightLimit(config.issuer.max_inflight)
         verifier = IntrospectionVerifier(
-            Introspector(session, metadata, config.issuer),
-            server_name=config.server_name,
-            localpart_claim=config.issuer.localpart_claim,
+            Introspector(session, metadata, config.issuer, limit), ClaimRules.from_config(config)
         )
         app[AUTHENTICATOR] = CachedAuthenticator(verifier, config.token_cache)
         refresh = asyncio.create_task(metadata.refresh_forever())

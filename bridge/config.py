@@ -82,6 +82,12 @@ class IssuerConfig:
     account_management_url: str | None = None
     localpart_claim: str = "username"
     metadata_refresh_interval: float = 300.0
+    # When not empty, a token's ``aud`` must name one of these, and its
+    # ``client_id`` must be one of those (introspection answers and JWTs alike).
+    audiences: tuple[str, ...] = ()
+    client_ids: tuple[str, ...] = ()
+    # Validations that may wait on the issuer at once; beyond, 503 at once.
+    max_inflight: int = 64
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ class TokenCacheConfig:
     max_size: int = 10_000
     max_ttl: float = 300.0
     negative_ttl: float = 10.0
+    # Inactive tokens are kept apart, so garbage never evicts a live session.
+    negative_max_size: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -243,6 +251,9 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
         _http_url(sec, "account_management_url", account)
     claim = sec.text("localpart_claim", "username")
     refresh = sec.number("metadata_refresh_interval", 300.0, minimum=10.0)
+    audiences = sec.text_list("audiences")
+    client_ids = sec.text_list("client_ids")
+    max_inflight = sec.integer("max_inflight", 64, minimum=1)
 
     intro = sec.section("introspection")
     auth = cast(
@@ -270,6 +281,9 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
         account_management_url=account,
         localpart_claim=claim,
         metadata_refresh_interval=refresh,
+        audiences=audiences,
+        client_ids=client_ids,
+        max_inflight=max_inflight,
     )
 
 
@@ -333,6 +347,7 @@ def parse_config(raw: object) -> BridgeConfig:
         max_size=cache_sec.integer("max_size", 10_000, minimum=1),
         max_ttl=cache_sec.number("max_ttl", 300.0, minimum=1.0),
         negative_ttl=cache_sec.number("negative_ttl", 10.0),
+        negative_max_size=cache_sec.integer("negative_max_size", 10_000, minimum=1),
     )
     cache_sec.finish()
 

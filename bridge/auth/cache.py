@@ -2,8 +2,9 @@
 
 Keys are SHA-256 digests of the token, never the token. A positive answer is
 kept for min(configured maximum, time left on the token); a negative one for
-a short while; an issuer failure is never kept. Concurrent requests with the
-same unknown token share one verification.
+a short while, in a cache of its own, so that any number of made-up tokens
+can never push a live session out; an issuer failure is never kept.
+Concurrent requests with the same unknown token share one verification.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-from cachetools import TLRUCache
+from cachetools import TLRUCache, TTLCache
 
 from bridge.auth.identity import Identity
 from bridge.auth.verifier import TokenVerifier, Verdict
@@ -37,11 +38,17 @@ class CachedAuthenticator:
         self._cache: TLRUCache[bytes, tuple[Verdict, float]] = TLRUCache(
             maxsize=config.max_size, ttu=_deadline, timer=time.monotonic
         )
+        self._negative: TTLCache[bytes, Verdict] = TTLCache(
+            maxsize=config.negative_max_size,
+            ttl=config.negative_ttl or 1.0,
+            timer=time.monotonic,
+        )
         self._inflight: SingleFlight[bytes, Verdict] = SingleFlight()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
+        """Live sessions held (negative entries are counted apart)."""
         return len(self._cache)
 
     async def authenticate(self, token: str) -> Identity:
@@ -51,22 +58,29 @@ class CachedAuthenticator:
         if entry is not None:
             self.hits += 1
             return entry[0].identity_or_raise()
+        refused = self._negative.get(key)
+        if refused is not None:
+            self.hits += 1
+            return refused.identity_or_raise()
         self.misses += 1
         verdict = await self._inflight.run(key, lambda: self._verify_and_keep(key, token))
         return verdict.identity_or_raise()
 
     def forget(self, token: str) -> None:
         """Drop a token (e.g. after logout) so its next use asks the issuer again."""
-        self._cache.pop(token_key(token), None)
+        key = token_key(token)
+        self._cache.pop(key, None)
+        self._negative.pop(key, None)
 
     async def _verify_and_keep(self, key: bytes, token: str) -> Verdict:
         verdict = await self._verifier.verify(token)
         if verdict.identity is None:
-            ttl = self._config.negative_ttl
-        else:
-            ttl = self._config.max_ttl
-            if verdict.expires_at is not None:
-                ttl = min(ttl, verdict.expires_at - time.time())
+            if self._config.negative_ttl > 0:
+                self._negative[key] = verdict
+            return verdict
+        ttl = self._config.max_ttl
+        if verdict.expires_at is not None:
+            ttl = min(ttl, verdict.expires_at - time.time())
         if ttl > 0:
             self._cache[key] = (verdict, time.monotonic() + ttl)
         return verdict

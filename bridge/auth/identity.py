@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NewType
 
-from bridge.errors import UnknownToken
+from bridge.errors import Forbidden, UnknownToken
 
 UserID = NewType("UserID", str)
 DeviceID = NewType("DeviceID", str)
@@ -41,13 +41,19 @@ def device_scope(device_id: str, *, unstable: bool = False) -> str:
 
 
 def identity_from_claims(
-    claims: Mapping[str, object], *, server_name: str, localpart_claim: str
+    claims: Mapping[str, object],
+    *,
+    server_name: str,
+    localpart_claim: str,
+    reserved_localparts: frozenset[str] = frozenset(),
 ) -> Identity:
     """Map an active token's claims (introspection or JWT) to an :class:`Identity`.
 
     The scope must grant the client API; the device is the ``device_id`` claim
     (MAS with ``X-MAS-Supports-Device-Id``), else exactly one device scope.
-    Raises :class:`UnknownToken` for a token that cannot act on the client API.
+    Raises :class:`UnknownToken` for a token that cannot act on the client API,
+    and :class:`Forbidden` for a user the bridge must never act as (its own
+    appservice sender: requests as that user carry the appservice's powers).
     """
     scope = claims.get("scope")
     scopes = set(scope.split()) if isinstance(scope, str) else set()
@@ -73,6 +79,8 @@ def identity_from_claims(
     localpart = claims.get(localpart_claim)
     if not isinstance(localpart, str) or not _LOCALPART.fullmatch(localpart):
         raise UnknownToken("Token does not carry a valid Matrix localpart")
+    if localpart in reserved_localparts:
+        raise Forbidden("This account is reserved for the gateway and cannot be used")
     user_id = f"@{localpart}:{server_name}"
     if len(user_id) > _MAX_USER_ID:
         raise UnknownToken("Token's user ID is too long")

@@ -15,11 +15,17 @@ import re
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bridge.errors import BadRequest, MissingToken
+from bridge.errors import BadRequest, MissingToken, UnknownToken
 from bridge.paths import CLIENT
 from bridge.state import AUTHENTICATOR, IDENTITY, PATH
 
 FORWARDED_ROUTE = "forward:"
+
+# What a token may look like: visible ASCII (RFC 6750's b64token, and every
+# Matrix/OAuth token seen in the wild, fits), and no longer than any real one.
+# Anything else is refused without asking the issuer.
+MAX_TOKEN_LENGTH = 4096
+_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
 
 _PUBLIC = [
     (frozenset({"GET"}), re.compile(r"^/_matrix/client/versions$")),
@@ -62,8 +68,13 @@ def bearer_token(request: web.Request) -> str | None:
         header_token = value.strip()
         if scheme.lower() != "bearer" or not header_token:
             raise MissingToken("Invalid Authorization header")
+        if not _TOKEN.fullmatch(header_token):
+            # Not valid UTF-8, control characters, or absurdly long.
+            raise UnknownToken("Invalid access token")
     if not params:
         return header_token
+    if not _TOKEN.fullmatch(params[0]):
+        raise UnknownToken("Invalid access token")
     if header_token is not None and not hmac.compare_digest(
         header_token.encode(), params[0].encode()
     ):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.auth.identity import Identity, identity_from_claims
-from bridge.errors import UnknownToken
+from bridge.config import BridgeConfig
+from bridge.errors import Forbidden, MatrixError, UnknownToken
+from bridge.homeserver.registration import user_namespace
 from bridge.issuer.introspection import Introspector
 
 # Token types that may be presented as a bearer access token (RFC 7662 §2.2 /
@@ -22,15 +26,18 @@ class Verdict:
     """The outcome for one token: an identity, or why there is none.
 
     ``expires_at`` is the token's own expiry (Unix time) where known.
+    ``forbidden`` marks a valid token of a user the bridge refuses to act as
+    (403, which does not log the client out as a 401 would).
     """
 
     identity: Identity | None
     reason: str = ""
     expires_at: float | None = None
+    forbidden: bool = False
 
     def identity_or_raise(self) -> Identity:
         if self.identity is None:
-            raise UnknownToken(self.reason)
+            raise (Forbidden if self.forbidden else UnknownToken)(self.reason)
         return self.identity
 
 
@@ -40,13 +47,73 @@ class TokenVerifier(Protocol):
     async def verify(self, token: str) -> Verdict: ...
 
 
+@dataclass(frozen=True)
+class ClaimRules:
+    """What every active token's claims must satisfy, whoever vouched for them."""
+
+    server_name: str
+    localpart_claim: str = "username"
+    # ``iss`` must equal this when the answer carries one (RFC 7662 §2.2 makes it optional).
+    issuer: str | None = None
+    audiences: frozenset[str] = frozenset()
+    client_ids: frozenset[str] = frozenset()
+    # The appservice sender: acting as it would act with the appservice's own powers.
+    reserved_localparts: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: BridgeConfig) -> ClaimRules:
+        return cls(
+            server_name=config.server_name,
+            localpart_claim=config.issuer.localpart_claim,
+            issuer=config.issuer.issuer,
+            audiences=frozenset(config.issuer.audiences),
+            client_ids=frozenset(config.issuer.client_ids),
+            reserved_localparts=frozenset({config.appservice.sender_localpart}),
+        )
+
+    def judge(self, claims: Mapping[str, object], now: float) -> Verdict:
+        """The verdict on an active token's claims (expiry, issuer, audience, identity)."""
+        exp = claims.get("exp")
+        expires_at = float(exp) if isinstance(exp, int | float) else None
+        if expires_at is not None and expires_at <= now - LEEWAY:
+            return Verdict(None, "Token has expired")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and nbf > now + LEEWAY:
+            return Verdict(None, "Token is not valid yet")
+        if self.issuer is not None and "iss" in claims and claims["iss"] != self.issuer:
+            return Verdict(None, "Token was issued by another issuer")
+        if self.audiences and not self.audiences & _audiences(claims.get("aud")):
+            return Verdict(None, "Token is not meant for this homeserver")
+        if self.client_ids and claims.get("client_id") not in self.client_ids:
+            return Verdict(None, "Token was issued to a client this homeserver does not accept")
+        try:
+            identity = identity_from_claims(
+                claims,
+                server_name=self.server_name,
+                localpart_claim=self.localpart_claim,
+                reserved_localparts=self.reserved_localparts,
+            )
+        except MatrixError as e:
+            return Verdict(None, e.message, expires_at, forbidden=isinstance(e, Forbidden))
+        if not re.fullmatch(user_namespace(self.server_name), identity.user_id):
+            return Verdict(None, "User is outside the gateway's namespace", forbidden=True)
+        return Verdict(identity, expires_at=expires_at)
+
+
+def _audiences(aud: object) -> set[str]:
+    if isinstance(aud, str):
+        return {aud}
+    if isinstance(aud, list):
+        return {a for a in aud if isinstance(a, str)}
+    return set()
+
+
 class IntrospectionVerifier:
     """Judges opaque tokens by RFC 7662 introspection (DESIGN.md §2, §3)."""
 
-    def __init__(self, introspector: Introspector, *, server_name: str, localpart_claim: str):
+    def __init__(self, introspector: Introspector, rules: ClaimRules) -> None:
         self._introspector = introspector
-        self._server_name = server_name
-        self._localpart_claim = localpart_claim
+        self._rules = rules
 
     async def verify(self, token: str) -> Verdict:
         claims = await self._introspector.introspect(token)
@@ -55,18 +122,4 @@ class IntrospectionVerifier:
         token_type = claims.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() not in _ACCESS_TOKEN_TYPES:
             return Verdict(None, "Token is not an access token")
-        now = time.time()
-        exp = claims.get("exp")
-        expires_at = float(exp) if isinstance(exp, int | float) else None
-        if expires_at is not None and expires_at <= now - LEEWAY:
-            return Verdict(None, "Token has expired")
-        nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and nbf > now + LEEWAY:
-            return Verdict(None, "Token is not valid yet")
-        try:
-            identity = identity_from_claims(
-                claims, server_name=self._server_name, localpart_claim=self._localpart_claim
-            )
-        except UnknownToken as e:
-            return Verdict(None, e.message, expires_at)
-        return Verdict(identity, expires_at=expires_at)
+        return self._rules.judge(claims, time.time())

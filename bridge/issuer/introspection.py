@@ -10,6 +10,7 @@ import aiohttp
 
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
+from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 
 log = logging.getLogger("bridge.issuer")
@@ -19,14 +20,22 @@ class Introspector:
     """Asks the issuer about one token, authenticating as configured.
 
     Any answer other than a 200 JSON object is the issuer's failure, not the
-    token's: it raises :class:`IssuerUnavailable` (503), never a 401.
+    token's: it raises :class:`IssuerUnavailable` (503), never a 401. The one
+    exception is a 400 saying the token itself is unusable (RFC 7009 §2.2.1's
+    ``unsupported_token_type``, as oidc-provider answers for JWT access
+    tokens, or ``invalid_token``): that token is simply not active.
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, metadata: IssuerMetadata, config: IssuerConfig
+        self,
+        session: aiohttp.ClientSession,
+        metadata: IssuerMetadata,
+        config: IssuerConfig,
+        limit: InflightLimit,
     ) -> None:
         self._session = session
         self._metadata = metadata
+        self._limit = limit
         self._config = config.introspection
         self._timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         self._headers, self._form_auth = self._client_auth()
@@ -54,22 +63,38 @@ class Introspector:
             raise IssuerUnavailable("The issuer advertises no introspection_endpoint")
         form = {"token": token, "token_type_hint": "access_token", **self._form_auth}
         try:
-            async with self._session.post(
-                endpoint,
-                data=form,
-                headers=self._headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                if resp.status != 200:
-                    # 401 here means the bridge's own credentials are wrong: an admin
-                    # problem, which must not log every user out.
-                    log.error("introspection answered HTTP %s", resp.status)
-                    raise IssuerUnavailable("The authentication service refused introspection")
-                answer = await resp.json(content_type=None)
+            with self._limit.slot():
+                async with self._session.post(
+                    endpoint,
+                    data=form,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as resp:
+                    if resp.status == 400 and await _token_refused(resp):
+                        return {"active": False}
+                    if resp.status != 200:
+                        # 401 here means the bridge's own credentials are wrong: an
+                        # admin problem, which must not log every user out.
+                        log.error("introspection answered HTTP %s", resp.status)
+                        raise IssuerUnavailable("The authentication service refused introspection")
+                    answer = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             log.warning("introspection failed: %s", type(e).__name__)
             raise IssuerUnavailable("The authentication service is unreachable") from e
         if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
             raise IssuerUnavailable("The authentication service gave a malformed answer")
         return answer
+
+
+# OAuth error codes (RFC 6750 §3.1, RFC 7009 §2.2.1) that judge the token, not the caller.
+_TOKEN_ERRORS = frozenset({"invalid_token", "unsupported_token_type"})
+
+
+async def _token_refused(resp: aiohttp.ClientResponse) -> bool:
+    """Whether a 400 from the issuer says the token itself is malformed or unsupported."""
+    try:
+        answer = await resp.json(content_type=None)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("error") in _TOKEN_ERRORS

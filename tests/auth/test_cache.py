@@ -225,3 +225,22 @@ async def test_verification_finishes_when_every_waiter_leaves() -> None:
     await until(lambda: len(auth) == 1)
     assert await auth.authenticate("tok") == ALICE
     assert verifier.calls == 1
+
+
+async def test_inactive_tokens_never_evict_a_live_session() -> None:
+    """Garbage is kept in its own bounded cache (security finding 5)."""
+
+    class Verifier(FakeVerifier):
+        async def verify(self, token: str) -> Verdict:
+            self.calls += 1
+            return VALID if token == "live" else Verdict(None, "Token is not active")
+
+    verifier = Verifier()
+    auth = authenticator(verifier, max_size=1, negative_max_size=100)
+    await auth.authenticate("live")
+    for n in range(1_000):
+        with pytest.raises(UnknownToken):
+            await auth.authenticate(f"garbage-{n}")
+    assert len(auth._negative) == 100
+    assert await auth.authenticate("live") == ALICE
+    assert verifier.calls == 1 + 1_000  # the live session was a hit

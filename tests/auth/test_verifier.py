@@ -8,8 +8,8 @@ from typing import Any, cast
 import pytest
 
 from bridge.auth.identity import device_scope
-from bridge.auth.verifier import LEEWAY, IntrospectionVerifier, Verdict
-from bridge.errors import IssuerUnavailable, UnknownToken
+from bridge.auth.verifier import LEEWAY, ClaimRules, IntrospectionVerifier, Verdict
+from bridge.errors import Forbidden, IssuerUnavailable, UnknownToken
 from bridge.issuer.introspection import Introspector
 
 SCOPE = f"openid urn:matrix:client:api:* {device_scope('ABCDEF')}"
@@ -36,14 +36,19 @@ def active(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def make_verifier(fake: FakeIntrospector) -> IntrospectionVerifier:
-    return IntrospectionVerifier(
-        cast(Introspector, fake), server_name="example.org", localpart_claim="username"
-    )
+RULES = ClaimRules(
+    server_name="example.org",
+    issuer="https://issuer.example.org/",
+    reserved_localparts=frozenset({"oidc-bridge"}),
+)
 
 
-async def verify(answer: dict[str, Any]) -> Verdict:
-    return await make_verifier(FakeIntrospector(answer)).verify("opaque-token")
+def make_verifier(fake: FakeIntrospector, rules: ClaimRules = RULES) -> IntrospectionVerifier:
+    return IntrospectionVerifier(cast(Introspector, fake), rules)
+
+
+async def verify(answer: dict[str, Any], rules: ClaimRules = RULES) -> Verdict:
+    return await make_verifier(FakeIntrospector(answer), rules).verify("opaque-token")
 
 
 @pytest.mark.parametrize("token_type", ["Bearer", "bearer", "access_token"])
@@ -122,3 +127,53 @@ async def test_issuer_failure_propagates() -> None:
     fake = FakeIntrospector({}, error=IssuerUnavailable("issuer down"))
     with pytest.raises(IssuerUnavailable):
         await make_verifier(fake).verify("opaque-token")
+
+
+@pytest.mark.parametrize(
+    "iss", ["https://issuer.example.org", "https://issuer.example.org//", "https://evil.example/"]
+)
+async def test_another_issuer_is_refused(iss: str) -> None:
+    verdict = await verify(active(iss=iss))
+    assert verdict.identity is None
+    assert "another issuer" in verdict.reason
+
+
+async def test_the_configured_issuer_is_accepted() -> None:
+    assert (await verify(active(iss="https://issuer.example.org/"))).identity is not None
+
+
+AUDIENCE_RULES = ClaimRules(
+    server_name="example.org",
+    audiences=frozenset({"https://matrix.example.org/"}),
+    client_ids=frozenset({"element-x"}),
+)
+
+
+@pytest.mark.parametrize(
+    ("aud", "client_id", "accepted"),
+    [
+        ("https://matrix.example.org/", "element-x", True),
+        (["other", "https://matrix.example.org/"], "element-x", True),
+        (None, "element-x", False),
+        ("https://other.example/", "element-x", False),
+        (["other"], "element-x", False),
+        ("https://matrix.example.org/", "another-client", False),
+        ("https://matrix.example.org/", None, False),
+    ],
+)
+async def test_audience_and_client_allow_lists(
+    aud: object, client_id: object, accepted: bool
+) -> None:
+    verdict = await verify(active(aud=aud, client_id=client_id), AUDIENCE_RULES)
+    assert (verdict.identity is not None) is accepted
+
+
+async def test_allow_lists_are_not_checked_when_empty() -> None:
+    assert (await verify(active(aud="anything", client_id="any"))).identity is not None
+
+
+async def test_the_appservice_sender_is_forbidden() -> None:
+    verdict = await verify(active(username="oidc-bridge"))
+    assert verdict.identity is None
+    with pytest.raises(Forbidden):
+        verdict.identity_or_raise()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -114,6 +117,87 @@ async def test_inactive_token_is_401_unknown_token(
     assert (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
     assert len(issuer.introspections) == 1
     assert homeserver.requests == []
+
+
+@pytest.mark.parametrize("error", ["unsupported_token_type", "invalid_token"])
+async def test_token_the_issuer_calls_malformed_is_401_and_cached_briefly(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver, error: str
+) -> None:
+    # oidc-provider answers this for a JWT access token (which it does not store).
+    issuer.fault = Fault.json({"error": error}, status=400)
+    for _ in range(2):
+        resp = await bridge.get(WHOAMI, headers=bearer("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"))
+        assert resp.status == 401
+        assert (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    assert len(issuer.introspections) == 1
+    assert homeserver.requests == []
+
+
+async def test_other_issuer_400_is_still_the_issuers_failure(
+    bridge: BridgeClient, issuer: FakeIssuer
+) -> None:
+    issuer.fault = Fault.json({"error": "invalid_request"}, status=400)
+    resp = await bridge.get(WHOAMI, headers=bearer(TOKEN))
+    assert resp.status == 503
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(b"Bearer \xff\xfe\x80token", id="not-utf-8"),
+        pytest.param("Bearer tök€n".encode(), id="non-ascii"),
+        pytest.param(b"Bearer " + b"a" * 5000, id="too-long"),
+    ],
+)
+async def test_odd_tokens_are_401_without_asking_anyone(
+    bridge: BridgeClient,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    header: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Security finding 6: never a 500 with a traceback, never an issuer call."""
+    reader, writer = await asyncio.open_connection(bridge.host, bridge.port)
+    writer.write(b"GET " + WHOAMI.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+    writer.write(b"Authorization: " + header + b"\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert json.loads(body)["errcode"] == "M_UNKNOWN_TOKEN"
+    assert issuer.introspections == []
+    assert homeserver.requests == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_odd_token_in_the_query_is_401(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    resp = await bridge.get(WHOAMI + "?access_token=%FF%FEtoken")
+    assert resp.status == 401
+    assert (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    assert issuer.introspections == []
+
+
+async def test_introspection_answer_from_another_issuer_is_401(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    issuer.tokens["foreign"] = {**active_claims(), "iss": "https://evil.example/"}
+    resp = await bridge.get(WHOAMI, headers=bearer("foreign"))
+    assert resp.status == 401
+    assert homeserver.requests == []
+
+
+async def test_audience_and_client_allow_lists_apply_to_introspection(
+    make_bridge: MakeBridge, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    bridge = await make_bridge({"issuer": {"audiences": ["bridge"], "client_ids": ["element"]}})
+    issuer.tokens["ok"] = {**active_claims(), "aud": ["bridge"], "client_id": "element"}
+    issuer.tokens["other-aud"] = {**active_claims(), "aud": "other", "client_id": "element"}
+    issuer.tokens["other-client"] = {**active_claims(), "aud": "bridge", "client_id": "bot"}
+    assert (await bridge.get(WHOAMI, headers=bearer("ok"))).status == 200
+    assert (await bridge.get(WHOAMI, headers=bearer("other-aud"))).status == 401
+    assert (await bridge.get(WHOAMI, headers=bearer("other-client"))).status == 401
 
 
 async def test_missing_token_is_401_without_asking_anyone(
