@@ -10,7 +10,11 @@ Request hygiene before anything reaches the homeserver:
   (user, device, txnId), because the homeserver deduplicates appservice
   transactions per appservice and path, not per user;
 - hop-by-hop headers and the client's ``X-Forwarded-*``/``Forwarded`` are
-  dropped; ``X-Forwarded-For``/``-Proto`` are set from the connection itself.
+  dropped; ``X-Forwarded-For``/``-Proto`` are set from the connection itself;
+- a form-typed body (``application/x-www-form-urlencoded`` or
+  ``multipart/form-data``, in any spelling) is refused: Synapse's web layer
+  (Twisted) merges such a body into the query arguments, over the identity
+  the bridge set.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, MultiDict
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 from yarl import URL
 
 from bridge.auth.identity import Identity
 from bridge.config import HomeserverConfig
-from bridge.errors import HomeserverUnavailable
+from bridge.errors import BadRequest, HomeserverUnavailable
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.paths import CLIENT
@@ -74,6 +78,18 @@ _TXN_PATH = re.compile(
     r"(?P<txn>[^/]*)$"
 )
 _CHUNK = 64 * 1024
+# Media types whose bodies a homeserver may read as query arguments.
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def refuse_form_body(headers: CIMultiDictProxy[str]) -> None:
+    """Refuse what the homeserver could parse as query arguments (see the module doc).
+
+    A second ``Content-Type`` never gets here: aiohttp's parser refuses it.
+    """
+    media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media_type in _FORM_TYPES:
+        raise BadRequest(f"Request bodies of type {media_type} are not accepted")
 
 
 def _hop_by_hop(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -160,6 +176,7 @@ class Forwarder:
         ``body`` replaces the request body when the bridge had to read it
         (a ``/login`` it inspected); otherwise the body is streamed as it comes.
         """
+        refuse_form_body(request.headers)
         authorization: str | None = None
         params: list[tuple[str, str]] = []
         if identity is not None:

@@ -492,6 +492,13 @@ async def test_preflight_is_answered_without_a_token(
         ("DELETE", "/_matrix/client/v3/devices/DEVA"),
         ("POST", "/_matrix/client/v3/register"),
         ("POST", "/_matrix/client/v3//account/%64eactivate/"),
+        ("DELETE", "/_matrix/client/v3/devices/"),
+        ("DELETE", "/_matrix/client/v3/devices"),
+        # Appservice-only endpoints.
+        ("POST", "/_matrix/client/v1/appservice/matrix-oidc-bridge/ping"),
+        ("POST", "/_matrix/client/v1/appservice/other-appservice/ping"),
+        ("POST", "/_matrix/client/unstable/io.element.msc4512/appservice/fed_proxy"),
+        ("PUT", "/_matrix/client/v3/directory/list/appservice/net/!room:example.org"),
     ],
 )
 async def test_closed_doors_are_403_and_never_forwarded(
@@ -500,6 +507,49 @@ async def test_closed_doors_are_403_and_never_forwarded(
     resp = await bridge.request(method, raw(path), headers=bearer(), json={"auth": {}})
     await assert_matrix_error(resp, 403, "M_FORBIDDEN")
     assert homeserver.requests == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",
+        "APPLICATION/X-WWW-FORM-URLENCODED; charset=utf-8",
+        " Application/X-Www-Form-Urlencoded ;",
+        "multipart/form-data; boundary=x",
+        "Multipart/Form-Data",
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+async def test_form_typed_bodies_never_reach_the_homeserver(
+    bridge: BridgeClient, homeserver: FakeHomeserver, content_type: str, method: str
+) -> None:
+    """Security finding 1: Twisted merges such bodies into the query arguments."""
+    body = json.dumps({"body": "x&user_id=@victim:example.org;ts=1&"})
+    resp = await bridge.request(
+        method,
+        "/_matrix/client/v3/rooms/!r:example.org/send/m.room.message/t1",
+        data=body,
+        headers={**bearer(), "Content-Type": content_type},
+    )
+    await assert_matrix_error(resp, 400, "M_INVALID_PARAM")
+    assert homeserver.client_requests == []
+
+
+async def test_two_content_types_are_refused(
+    bridge: BridgeClient, homeserver: FakeHomeserver
+) -> None:
+    """Twisted reads the first of several; aiohttp's parser refuses them all."""
+    resp = await bridge.post(
+        "/_matrix/media/v3/upload",
+        data=b"user_id=@victim:example.org",
+        headers=[
+            ("Authorization", f"Bearer {ALICE}"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Content-Type", "image/png"),
+        ],
+    )
+    assert resp.status == 400
+    assert homeserver.client_requests == []
 
 
 @pytest.mark.parametrize("version", ["r0", "v3"])

@@ -28,14 +28,20 @@ async def call_json(
     params: Sequence[tuple[str, str]] = (),
     client_timeout: aiohttp.ClientTimeout,
 ) -> tuple[int, dict[str, Any]]:
-    """One JSON request of the bridge's own to the homeserver: (status, JSON object or {})."""
+    """One JSON request of the bridge's own to the homeserver: (status, JSON object or {}).
+
+    ``body`` None sends no body (a GET).
+    """
+    headers = {"Authorization": authorization}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     try:
         async with session.request(
             method,
             url,
             params=params,
-            data=json.dumps(body),
-            headers={"Authorization": authorization, "Content-Type": "application/json"},
+            data=None if body is None else json.dumps(body),
+            headers=headers,
             timeout=client_timeout,
             allow_redirects=False,
         ) as resp:

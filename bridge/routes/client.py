@@ -1,11 +1,13 @@
 """Forwarded routes: the client-server API, media, and allow-listed admin API.
 
-Two requests are looked into before they are forwarded, because the
+Some requests are looked into before they are forwarded, because the
 homeserver would trust them on the appservice's word: an
-``m.login.application_service`` login, and a cross-signing key upload that
+``m.login.application_service`` login, a cross-signing key upload that
 replaces existing keys (the homeserver skips user-interactive auth for
 appservices; the bridge asks for the ``m.oauth`` stage instead, as Synapse
-does with MAS).
+does with MAS), alias creation (the bridge checks the membership the
+homeserver skips), and the guarded requests of
+:mod:`bridge.homeserver.privileges`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp import web
 from bridge.auth.identity import Identity
 from bridge.auth.middleware import FORWARDED_ROUTE
 from bridge.errors import BadRequest, MatrixError
+from bridge.homeserver import privileges
 from bridge.paths import CLIENT
 from bridge.proxy import Forwarder
 from bridge.routes.refused import account_management_url, refusal
@@ -37,12 +40,28 @@ _CROSS_SIGNING_KEYS = {
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
+    identity = request[IDENTITY]
     if request.method == "POST":
         if _LOGIN.fullmatch(request[PATH]):
             return await login(request)
         if _SIGNING_KEYS_UPLOAD.fullmatch(request[PATH]):
             return await signing_keys_upload(request)
-    return await request.app[FORWARDER].forward(request, request[IDENTITY])
+    forwarder = request.app[FORWARDER]
+    if identity is not None:
+        raw_path = request.rel_url.raw_path
+        if request.method == "PUT" and privileges.ALIAS_CREATION.fullmatch(raw_path):
+            return await alias_creation(request, identity)
+        method = "GET" if request.method == "HEAD" else request.method  # as Synapse routes
+        await privileges.check(forwarder, identity, method, raw_path)
+    return await forwarder.forward(request, identity)
+
+
+async def alias_creation(request: web.Request, identity: Identity) -> web.StreamResponse:
+    """``PUT /directory/room/{alias}``: only for a room the user is in."""
+    body, parsed = await _read_json_object(request)
+    forwarder = request.app[FORWARDER]
+    await privileges.check_alias_creation(forwarder, identity, parsed.get("room_id"))
+    return await forwarder.forward(request, identity, body=body)
 
 
 async def _read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:

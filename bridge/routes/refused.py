@@ -26,7 +26,8 @@ CLOSED_DOORS = [
     (_WRITE, re.compile(rf"^{CLIENT}/account/password(?:/.*)?$"), "Password changes"),
     (_WRITE, re.compile(rf"^{CLIENT}/account/3pid(?:/.*)?$"), "Third-party identifiers"),
     (_WRITE, re.compile(rf"^{CLIENT}/delete_devices$"), "Device deletion"),
-    (frozenset({"DELETE"}), re.compile(rf"^{CLIENT}/devices/.+$"), "Device deletion"),
+    # Any ID, the empty one included (Synapse routes DELETE /devices/ too).
+    (frozenset({"DELETE"}), re.compile(rf"^{CLIENT}/devices(?:/.*)?$"), "Device deletion"),
     (_ANY, re.compile(rf"^{CLIENT}/register(?:/.*)?$"), "Registration"),
     # A homeserver-native login token minted without re-authentication would
     # outlive the OAuth session it came from.
@@ -34,9 +35,15 @@ CLOSED_DOORS = [
     # Forwarded as the appservice, these would delete the homeserver device
     # while the OAuth session lives on.
     (_WRITE, re.compile(rf"^{CLIENT}/logout(?:/all)?$"), "Logging out"),
-    # Appservice-only: would let any user publish any room in the bridge's
-    # appservice room directory.
-    (_WRITE, re.compile(rf"^{CLIENT}/directory/list/appservice/.+$"), "Appservice room lists"),
+]
+
+# Endpoints only an application service may call. Forwarded, any user would
+# call them as the bridge's appservice: publish any room in its appservice
+# room list, ping it (retrying its transaction queue), or use unstable
+# appservice endpoints such as MSC4512's federation proxy.
+APPSERVICE_ONLY = [
+    re.compile(rf"^{CLIENT}/directory/list/appservice(?:/.*)?$"),
+    re.compile(rf"^{CLIENT}/appservice(?:/.*)?$"),
 ]
 
 
@@ -69,6 +76,8 @@ async def refused_middleware(request: web.Request, handler: Handler) -> web.Stre
     what = closed_door(request.method, path)
     if what is not None:
         raise refusal(request, what)
+    if any(rx.match(path) for rx in APPSERVICE_ONLY):
+        raise Forbidden("Only application services may use this endpoint")
     if path.startswith("/_synapse/admin") and not admin_api_allowed(
         request.app[CONFIG].homeserver.admin_api_allowlist, path
     ):

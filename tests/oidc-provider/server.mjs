@@ -12,7 +12,8 @@
 // Everything is in memory: a restart forgets clients, grants and tokens. The signing keys
 // are oidc-provider's built-in development keys, so the JWKS is the same across restarts.
 //
-// Test-only endpoints: GET /_test/counters -> {"introspection": N, "revocation": M},
+// Test-only endpoints: GET /_test/counters -> {"introspection": N, "revocation": M,
+// "introspection_max_inflight": K} (the most introspections ever handled at once),
 // POST /_test/counters/reset -> 204.
 
 import http from 'node:http';
@@ -76,7 +77,8 @@ function dynamicScopes(ctx) {
   return [...found];
 }
 
-const counters = { introspection: 0, revocation: 0 };
+const counters = { introspection: 0, revocation: 0, introspection_max_inflight: 0 };
+let introspectionInflight = 0;
 const ROUTES = { introspection: '/token/introspection', revocation: '/token/revocation' };
 
 const configuration = {
@@ -170,10 +172,21 @@ provider.use(async (ctx, next) => {
     ctx.status = 204;
     return;
   }
-  if (ctx.method === 'POST') {
-    if (ctx.path === ROUTES.introspection) counters.introspection += 1;
-    if (ctx.path === ROUTES.revocation) counters.revocation += 1;
+  if (ctx.method === 'POST' && ctx.path === ROUTES.introspection) {
+    counters.introspection += 1;
+    introspectionInflight += 1;
+    counters.introspection_max_inflight = Math.max(
+      counters.introspection_max_inflight,
+      introspectionInflight,
+    );
+    try {
+      await next();
+    } finally {
+      introspectionInflight -= 1;
+    }
+    return;
   }
+  if (ctx.method === 'POST' && ctx.path === ROUTES.revocation) counters.revocation += 1;
   await next();
 });
 

@@ -105,10 +105,14 @@ class TestIssuer:
             proc.kill()
             proc.wait(timeout=5)
 
+    def counters(self) -> dict[str, int]:
+        """The issuer's request counters since start or last reset."""
+        with urllib.request.urlopen(f"{self._base}/_test/counters", timeout=5) as resp:
+            return {k: int(v) for k, v in json.load(resp).items()}
+
     def introspection_count(self) -> int:
         """Number of introspection requests the issuer received since start or last reset."""
-        with urllib.request.urlopen(f"{self._base}/_test/counters", timeout=5) as resp:
-            return int(json.load(resp)["introspection"])
+        return self.counters()["introspection"]
 
     def reset_counters(self) -> None:
         """Set the issuer's request counters back to zero."""
