@@ -47,6 +47,15 @@ class AppserviceConfig:
     hs_token: str
     id: str = "matrix-oidc-bridge"
     sender_localpart: str = "oidc-bridge"
+    # Users the bridge never acts as, beyond its own sender: e.g. Synapse's
+    # server-notices user (server_notices.system_mxid_localpart).
+    reserved_localparts: tuple[str, ...] = ()
+    # The registration files of the homeserver's other appservices. Their
+    # exclusive user and alias namespaces (read from them) are closed to the
+    # bridge's users: the homeserver lets an appservice act in them.
+    other_registrations: tuple[str, ...] = ()
+    exclusive_users: tuple[str, ...] = field(default=(), metadata={"derived": True})
+    exclusive_aliases: tuple[str, ...] = field(default=(), metadata={"derived": True})
 
 
 @dataclass(frozen=True)
@@ -310,16 +319,56 @@ def _parse_homeserver(top: _Section) -> HomeserverConfig:
     return config
 
 
+def _exclusive_namespaces(key: str, file_name: str) -> tuple[list[str], list[str]]:
+    """The exclusive user and alias regexes of another appservice's registration file."""
+    path = Path(os.path.expandvars(file_name))
+    try:
+        registration = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(key, f"cannot read the registration {path}: {e}") from e
+    namespaces = registration.get("namespaces") if isinstance(registration, dict) else None
+    if not isinstance(namespaces, dict):
+        raise ConfigError(key, f"{path} is not an appservice registration (no namespaces)")
+    found: dict[str, list[str]] = {"users": [], "aliases": []}
+    for kind, regexes in found.items():
+        for entry in namespaces.get(kind) or []:
+            if isinstance(entry, dict) and entry.get("exclusive") is True:
+                regex = entry.get("regex")
+                try:
+                    if not isinstance(regex, str):
+                        raise TypeError(regex)
+                    re.compile(regex)
+                except (re.error, TypeError) as e:
+                    raise ConfigError(key, f"{path}: {kind} regex {regex!r} is invalid") from e
+                regexes.append(regex)
+    return found["users"], found["aliases"]
+
+
 def _parse_appservice(top: _Section) -> AppserviceConfig:
     sec = top.section("appservice")
     sender = sec.text("sender_localpart", "oidc-bridge")
     if not _LOCALPART.fullmatch(sender):
         raise ConfigError(sec.key("sender_localpart"), "must match [a-z0-9._=/+-]+")
+    reserved = sec.text_list("reserved_localparts")
+    for localpart in reserved:
+        if not _LOCALPART.fullmatch(localpart):
+            raise ConfigError(sec.key("reserved_localparts"), f"{localpart!r} is not a localpart")
+    users: list[str] = []
+    aliases: list[str] = []
+    other_registrations = sec.text_list("other_registrations")
+    for path in other_registrations:
+        more_users, more_aliases = _exclusive_namespaces(sec.key("other_registrations"), path)
+        users += more_users
+        aliases += more_aliases
     config = AppserviceConfig(
         as_token=sec.secret("as_token"),
         hs_token=sec.secret("hs_token"),
         id=sec.text("id", "matrix-oidc-bridge"),
         sender_localpart=sender,
+        reserved_localparts=reserved,
+        other_registrations=other_registrations,
+        exclusive_users=tuple(users),
+        exclusive_aliases=tuple(aliases),
     )
     if config.as_token == config.hs_token:
         raise ConfigError(sec.key("hs_token"), "must differ from as_token")

@@ -263,3 +263,43 @@ def test_load_config_invalid_yaml(tmp_path: Path) -> None:
         load_config(path)
     assert info.value.key == "(file)"
     assert "not valid YAML" in info.value.problem
+
+
+def test_other_registrations_give_their_exclusive_namespaces(tmp_path: Path) -> None:
+    registration = tmp_path / "telegram.yaml"
+    registration.write_text(
+        "id: telegram\nnamespaces:\n"
+        "  users:\n"
+        "    - {exclusive: true, regex: '@telegram_.*:example\\.org'}\n"
+        "    - {exclusive: false, regex: '@shared_.*:example\\.org'}\n"
+        "  aliases:\n"
+        "    - {exclusive: true, regex: '#telegram_.*:example\\.org'}\n",
+        encoding="utf-8",
+    )
+    config = parse_config(with_value("appservice.other_registrations", [str(registration)]))
+    assert config.appservice.exclusive_users == (r"@telegram_.*:example\.org",)
+    assert config.appservice.exclusive_aliases == (r"#telegram_.*:example\.org",)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read"),
+        ("just text", "not an appservice registration"),
+        ("namespaces:\n  users: [{exclusive: true, regex: '(['}]\n", "invalid"),
+    ],
+)
+def test_unusable_other_registration_names_the_key(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    registration = tmp_path / "other.yaml"
+    if content is not None:
+        registration.write_text(content, encoding="utf-8")
+    error = config_error(with_value("appservice.other_registrations", [str(registration)]))
+    assert error.key == "appservice.other_registrations"
+    assert problem in error.problem
+
+
+def test_reserved_localparts_must_be_localparts() -> None:
+    error = config_error(with_value("appservice.reserved_localparts", ["Not Valid"]))
+    assert error.key == "appservice.reserved_localparts"

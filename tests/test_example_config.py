@@ -18,6 +18,8 @@ def _settings(cls: type, prefix: str = "") -> set[str]:
     names: set[str] = set()
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("derived"):
+            continue  # computed from other settings, not a setting itself
         kind, name = hints[f.name], prefix + f.name
         if dataclasses.is_dataclass(kind):
             names |= _settings(kind, name + ".")  # type: ignore[arg-type]

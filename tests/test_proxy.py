@@ -517,6 +517,11 @@ async def test_closed_doors_are_403_and_never_forwarded(
         " Application/X-Www-Form-Urlencoded ;",
         "multipart/form-data; boundary=x",
         "Multipart/Form-Data",
+        # RFC 2047 encoded words, which Twisted's e-mail parser decodes.
+        "=?utf-8?q?application/x-www-form-urlencoded?=",
+        "=?utf-8?b?YXBwbGljYXRpb24veC13d3ctZm9ybS11cmxlbmNvZGVk?=",
+        "=?iso-8859-1?q?multipart/form-data?=; boundary=x",
+        "application/x-www-form-urlencoded\t;",
     ],
 )
 @pytest.mark.parametrize("method", ["POST", "PUT"])
@@ -727,3 +732,101 @@ async def test_cross_signing_reset_requires_the_oauth_stage(
     assert resp.status == 401
     flows = (await resp.json())["flows"]
     assert {"stages": ["m.oauth"]} in flows
+
+
+# ---------------------------------------------------------------------------------------
+# Self-healing: the homeserver lost what the bridge provisioned
+
+
+def answers(*sequence: Answer) -> Answer:
+    """Answer with each of ``sequence`` in turn, the last one from then on."""
+    remaining = list(sequence)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        handler = remaining.pop(0) if len(remaining) > 1 else remaining[0]
+        return await handler(request)
+
+    return answer
+
+
+LOST = [
+    pytest.param(json_answer(400, {"errcode": "M_UNKNOWN_DEVICE"}), id="device-gone"),
+    pytest.param(
+        json_answer(
+            403,
+            {
+                "errcode": "M_FORBIDDEN",
+                "error": f"Application service has not registered this user ({ALICE_ID})",
+            },
+        ),
+        id="user-gone",
+    ),
+]
+
+
+@pytest.mark.parametrize("lost", LOST)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_lost_device_is_provisioned_again_and_the_request_retried_once(
+    bridge: BridgeClient, homeserver: FakeHomeserver, lost: Answer, method: str
+) -> None:
+    assert (await bridge.get(WHOAMI, headers=bearer())).status == 200
+    homeserver.answer = answers(lost, json_answer(200, {"ok": True}))
+    resp = await bridge.request(
+        method, "/_matrix/client/v3/rooms/!r:x/read_markers", headers=bearer(), json={"a": 1}
+    )
+    assert resp.status == 200
+    assert await resp.json() == {"ok": True}
+    retried = homeserver.client_requests[-2:]
+    assert [r.method for r in retried] == [method, method]
+    if method == "POST":
+        assert retried[0].body == retried[1].body == b'{"a": 1}'
+    # Provisioned again in between: register + device once more.
+    assert len(homeserver.of_kind("register")) == 2
+    assert len(homeserver.of_kind("device")) == 2
+
+
+@pytest.mark.parametrize("lost", LOST)
+async def test_a_homeserver_that_keeps_losing_the_device_is_502_without_a_loop(
+    bridge: BridgeClient, homeserver: FakeHomeserver, lost: Answer
+) -> None:
+    homeserver.answer = lost
+    resp = await bridge.get(SYNC, headers=bearer())
+    await assert_matrix_error(resp, 502, "M_UNKNOWN")
+    assert len(homeserver.client_requests) == 2
+
+
+async def test_homeserver_refusing_the_as_token_is_never_a_401_for_the_client(
+    bridge: BridgeClient, homeserver: FakeHomeserver
+) -> None:
+    homeserver.answer = json_answer(401, {"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"})
+    resp = await bridge.get(SYNC, headers=bearer())
+    assert resp.status == 502  # a 401 would log the user out for the bridge's own problem
+
+
+async def test_other_errors_pass_through_unchanged(
+    bridge: BridgeClient, homeserver: FakeHomeserver
+) -> None:
+    homeserver.answer = json_answer(
+        403, {"errcode": "M_FORBIDDEN", "error": "You are not in the room"}, {"X-Extra": "1"}
+    )
+    resp = await bridge.get(SYNC, headers=bearer())
+    assert resp.status == 403
+    assert await resp.json() == {"errcode": "M_FORBIDDEN", "error": "You are not in the room"}
+    assert resp.headers["X-Extra"] == "1"
+    assert len(homeserver.client_requests) == 1
+
+
+async def test_large_streamed_body_is_not_resent_but_the_device_is_healed(
+    bridge: BridgeClient, homeserver: FakeHomeserver
+) -> None:
+    assert (await bridge.get(WHOAMI, headers=bearer())).status == 200
+    homeserver.answer = answers(
+        json_answer(400, {"errcode": "M_UNKNOWN_DEVICE"}), json_answer(200, {"ok": True})
+    )
+    resp = await bridge.post("/_matrix/media/v3/upload", data=os.urandom(MB), headers=bearer())
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "0"
+    assert len(homeserver.client_requests) == 2  # the whoami and the upload, not resent
+    assert len(homeserver.of_kind("device")) == 2
+    resp = await bridge.post("/_matrix/media/v3/upload", data=os.urandom(MB), headers=bearer())
+    assert resp.status == 200

@@ -57,8 +57,11 @@ class ClaimRules:
     issuer: str | None = None
     audiences: frozenset[str] = frozenset()
     client_ids: frozenset[str] = frozenset()
-    # The appservice sender: acting as it would act with the appservice's own powers.
+    # The appservice sender (acting as it carries the appservice's own powers) and
+    # any other user the operator reserved.
     reserved_localparts: frozenset[str] = frozenset()
+    # Other appservices' exclusive user namespaces (matched as the homeserver does).
+    exclusive_users: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def from_config(cls, config: BridgeConfig) -> ClaimRules:
@@ -68,7 +71,10 @@ class ClaimRules:
             issuer=config.issuer.issuer,
             audiences=frozenset(config.issuer.audiences),
             client_ids=frozenset(config.issuer.client_ids),
-            reserved_localparts=frozenset({config.appservice.sender_localpart}),
+            reserved_localparts=frozenset(
+                {config.appservice.sender_localpart, *config.appservice.reserved_localparts}
+            ),
+            exclusive_users=tuple(re.compile(rx) for rx in config.appservice.exclusive_users),
         )
 
     def judge(self, claims: Mapping[str, object], now: float) -> Verdict:
@@ -95,8 +101,10 @@ class ClaimRules:
             )
         except MatrixError as e:
             return Verdict(None, e.message, expires_at, forbidden=isinstance(e, Forbidden))
-        if not re.fullmatch(user_namespace(self.server_name), identity.user_id):
-            return Verdict(None, "User is outside the gateway's namespace", forbidden=True)
+        if not re.fullmatch(user_namespace(self.server_name), identity.user_id) or any(
+            rx.match(identity.user_id) for rx in self.exclusive_users
+        ):
+            return Verdict(None, "This user belongs to another application service", forbidden=True)
         return Verdict(identity, expires_at=expires_at)
 
 

@@ -58,7 +58,7 @@ async def call_json(
 
 
 class AppserviceClient:
-    """Registers users and creates devices through the appservice API (MSC4190)."""
+    """Registers users, and creates devices (MSC4190) or logs them in, as the appservice."""
 
     def __init__(self, session: aiohttp.ClientSession, config: BridgeConfig) -> None:
         self._session = session
@@ -116,4 +116,41 @@ class AppserviceClient:
         )
         raise MatrixError(
             "The homeserver refused to create this device", errcode="M_UNKNOWN", status=502
+        )
+
+    async def login(self, localpart: str, device_id: str) -> str:
+        """A homeserver access token for ``device_id`` of ``localpart``, by appservice login.
+
+        The homeserver creates the device if it does not exist yet.
+        """
+        status, answer = await self._call(
+            "POST",
+            f"{_V3}/login",
+            body={
+                "type": "m.login.application_service",
+                "identifier": {"type": "m.id.user", "user": localpart},
+                "device_id": device_id,
+            },
+        )
+        token = answer.get("access_token")
+        if status == 200 and isinstance(token, str) and token:
+            if answer.get("device_id", device_id) != device_id:
+                # Dendrite, Conduit and Synapse all honour it; a homeserver that
+                # does not would give the session someone else's device.
+                raise MatrixError("The homeserver logged in another device", status=502)
+            return token
+        log.error("homeserver refused appservice login: HTTP %s %s", status, answer.get("errcode"))
+        raise MatrixError(
+            "The homeserver refused to log this device in", errcode="M_UNKNOWN", status=502
+        )
+
+    async def logout(self, token: str) -> None:
+        """End a device token the bridge obtained (the homeserver deletes its device)."""
+        await call_json(
+            self._session,
+            "POST",
+            f"{self._base}{_V3}/logout",
+            authorization=f"Bearer {token}",
+            body={},
+            client_timeout=self._timeout,
         )

@@ -1,8 +1,10 @@
 """The ``masquerade`` strategy: appservice token + ``user_id`` + ``device_id`` (MSC4326).
 
 Stateless apart from a bounded memory of which (user, device) pairs are known
-to exist on the homeserver; the memory expires so a device removed behind the
-bridge's back is recreated within ``provisioning_cache_ttl``.
+to exist on the homeserver. A pair the homeserver lost (a device deleted by
+an admin, a restored database) is provisioned again as soon as the
+homeserver says so (:meth:`Masquerade.heal`), and in any case after
+``provisioning_cache_ttl``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from bridge.singleflight import SingleFlight
 class Masquerade:
     """Acts as any user of the namespace with the appservice token."""
 
+    appservice_power = True
+
     def __init__(self, appservice: AppserviceClient, config: BridgeConfig) -> None:
         self._appservice = appservice
         self._authorization = f"Bearer {config.appservice.as_token}"
@@ -31,6 +35,10 @@ class Masquerade:
         if identity in self._known:
             return
         await self._inflight.run(identity, lambda: self._provision(identity))
+
+    async def heal(self, identity: Identity, failed_authorization: str) -> None:
+        self._known.pop(identity, None)
+        await self.prepare(identity)
 
     async def _provision(self, identity: Identity) -> None:
         await self._appservice.register_user(identity.localpart)

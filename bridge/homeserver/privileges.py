@@ -14,13 +14,14 @@ segments are decoded as Synapse decodes them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
 from bridge.auth.identity import Identity
-from bridge.errors import Forbidden, MatrixError, NotFound
+from bridge.errors import BadRequest, Forbidden, MatrixError, NotFound
 from bridge.paths import CLIENT
 from bridge.proxy import Forwarder
 
@@ -93,6 +94,18 @@ async def check_device_update(
         raise NotFound("No device found", errcode="M_NOT_FOUND")
     if status != 200:
         raise MatrixError("The homeserver could not look up the device", status=502)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(regexes: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(rx) for rx in regexes)
+
+
+def check_alias_not_exclusive(exclusive_aliases: tuple[str, ...], alias: str) -> None:
+    """Another appservice's exclusive alias: refused as Synapse refuses a normal user
+    (``can_modify_alias``; the appservice path only looks at its own namespace)."""
+    if any(rx.match(alias) for rx in _compiled(exclusive_aliases)):
+        raise BadRequest("This alias is reserved by an application service.", errcode="M_EXCLUSIVE")
 
 
 async def check_alias_creation(forwarder: Forwarder, identity: Identity, room_id: object) -> None:
@@ -176,6 +189,7 @@ GUARDS: list[tuple[str, re.Pattern[str], Guard]] = [
     ("DELETE", re.compile(rf"{CLIENT}/directory/room/(?P<alias>[^/]*)"), check_alias_deletion),
 ]
 ALIAS_CREATION = re.compile(rf"{CLIENT}/directory/room/(?P<alias>[^/]*)")
+CREATE_ROOM = re.compile(rf"{CLIENT}/createRoom")
 
 
 async def check(forwarder: Forwarder, identity: Identity, method: str, raw_path: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from bridge.homeserver import privileges
 from bridge.paths import CLIENT
 from bridge.proxy import Forwarder
 from bridge.routes.refused import account_management_url, refusal
-from bridge.state import FORWARDER, IDENTITY, PATH
+from bridge.state import CONFIG, FORWARDER, IDENTITY, PATH
 
 # The JSON bodies read here are small; a larger one is not what it claims to be.
 _MAX_JSON_BODY = 64 * 1024
@@ -47,21 +48,42 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if _SIGNING_KEYS_UPLOAD.fullmatch(request[PATH]):
             return await signing_keys_upload(request)
     forwarder = request.app[FORWARDER]
-    if identity is not None:
+    if identity is not None and forwarder.appservice_power:
         raw_path = request.rel_url.raw_path
-        if request.method == "PUT" and privileges.ALIAS_CREATION.fullmatch(raw_path):
-            return await alias_creation(request, identity)
+        if request.method == "PUT" and (match := privileges.ALIAS_CREATION.fullmatch(raw_path)):
+            return await alias_creation(request, identity, unquote(match["alias"]))
+        if request.method == "POST" and privileges.CREATE_ROOM.fullmatch(raw_path):
+            return await room_creation(request, identity)
         method = "GET" if request.method == "HEAD" else request.method  # as Synapse routes
+        if method == "DELETE" and (match := privileges.ALIAS_CREATION.fullmatch(raw_path)):
+            _alias_not_exclusive(request, unquote(match["alias"]))
         await privileges.check(forwarder, identity, method, raw_path)
     return await forwarder.forward(request, identity)
 
 
-async def alias_creation(request: web.Request, identity: Identity) -> web.StreamResponse:
-    """``PUT /directory/room/{alias}``: only for a room the user is in."""
+def _alias_not_exclusive(request: web.Request, alias: str) -> None:
+    privileges.check_alias_not_exclusive(request.app[CONFIG].appservice.exclusive_aliases, alias)
+
+
+async def alias_creation(
+    request: web.Request, identity: Identity, alias: str
+) -> web.StreamResponse:
+    """``PUT /directory/room/{alias}``: only for a room the user is in, outside other
+    appservices' exclusive namespaces."""
     body, parsed = await _read_json_object(request)
+    _alias_not_exclusive(request, alias)
     forwarder = request.app[FORWARDER]
     await privileges.check_alias_creation(forwarder, identity, parsed.get("room_id"))
     return await forwarder.forward(request, identity, body=body)
+
+
+async def room_creation(request: web.Request, identity: Identity) -> web.StreamResponse:
+    """``POST /createRoom`` with ``room_alias_name``: not in another appservice's namespace."""
+    body, parsed = await _read_json_object(request)
+    name = parsed.get("room_alias_name")
+    if isinstance(name, str):
+        _alias_not_exclusive(request, f"#{name}:{request.app[CONFIG].server_name}")
+    return await request.app[FORWARDER].forward(request, identity, body=body)
 
 
 async def _read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:

@@ -44,6 +44,8 @@ CLOSED_DOORS = [
 APPSERVICE_ONLY = [
     re.compile(rf"^{CLIENT}/directory/list/appservice(?:/.*)?$"),
     re.compile(rf"^{CLIENT}/appservice(?:/.*)?$"),
+    # MSC4502: whether any user or server is in any room, for appservices with a scope.
+    re.compile(r"^/_matrix/client/unstable/io\.element\.msc4502/rooms/[^/]+/is_joined$"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, cast
 
@@ -177,3 +178,16 @@ async def test_the_appservice_sender_is_forbidden() -> None:
     assert verdict.identity is None
     with pytest.raises(Forbidden):
         verdict.identity_or_raise()
+
+
+async def test_reserved_users_and_other_appservices_users_are_forbidden() -> None:
+    rules = ClaimRules(
+        server_name="example.org",
+        reserved_localparts=frozenset({"oidc-bridge", "notices"}),
+        exclusive_users=(re.compile(r"@telegram_.*:example\.org"),),
+    )
+    for localpart in ("notices", "telegram_123"):
+        verdict = await verify(active(username=localpart), rules)
+        assert verdict.identity is None
+        assert verdict.forbidden
+    assert (await verify(active(username="telegramfan"), rules)).identity is not None

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -463,3 +464,58 @@ async def test_room_aliases_work_with_the_rules_of_a_normal_user(
     await ok(bridge, "DELETE", f"/directory/room/{quote(second)}", pair.attacker_token)
     status, _ = await call(bridge, "GET", f"/directory/room/{quote(second)}", pair.attacker_token)
     assert status == 404
+
+
+@pytest.fixture
+async def guarded_bridge(
+    aiohttp_client: Any, synapse: SynapseServer, appservice: AppserviceConfig, issuer: TestIssuer,
+    tmp_path: Path,
+) -> BridgeClient:  # fmt: skip
+    """A bridge that knows of another appservice (a Telegram bridge) and a reserved user."""
+    other = tmp_path / "telegram-registration.yaml"
+    other.write_text(
+        "id: telegram\nnamespaces:\n"
+        "  users: [{exclusive: true, regex: '@telegram_.*:bridge\\.test'}]\n"
+        "  aliases: [{exclusive: true, regex: '#telegram_.*:bridge\\.test'}]\n",
+        encoding="utf-8",
+    )
+    document = bridge_config_document(
+        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice
+    )
+    document["appservice"].update(  # type: ignore[attr-defined]
+        {"reserved_localparts": ["notices"], "other_registrations": [str(other)]}
+    )
+    client: BridgeClient = await aiohttp_client(create_app(parse_config(document)))
+    return client
+
+
+@pytest.mark.parametrize("localpart", ["notices", "telegram_12345"])
+async def test_reserved_and_other_appservices_users_cannot_be_acted_as(
+    guarded_bridge: BridgeClient, login: Login, admin: Admin, localpart: str
+) -> None:
+    token = await login(localpart, "DEVX")
+    status, body = await call(guarded_bridge, "GET", "/account/whoami", token)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    async with admin.http.get(
+        f"{admin.synapse.base_url}/_synapse/admin/v2/users/{quote(user_id(localpart))}",
+        headers=auth(admin.synapse.admin_token),
+    ) as resp:
+        assert resp.status == 404  # never registered through the bridge
+
+
+async def test_other_appservices_aliases_are_refused(
+    guarded_bridge: BridgeClient, login: Login
+) -> None:
+    token = await login(new_localpart("alice"), "DEVA")
+    room = await ok(guarded_bridge, "POST", "/createRoom", token, json={})
+    ghost_alias = f"#telegram_{secrets.token_hex(4)}:{SERVER_NAME}"
+    status, body = await call(guarded_bridge, "PUT", f"/directory/room/{quote(ghost_alias)}",
+                              token, json={"room_id": room["room_id"]})  # fmt: skip
+    assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+    local = f"telegram_{secrets.token_hex(4)}"
+    status, body = await call(guarded_bridge, "POST", "/createRoom", token,
+                              json={"room_alias_name": local})  # fmt: skip
+    assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+    for alias in (ghost_alias, f"#{local}:{SERVER_NAME}"):
+        status, _ = await call(guarded_bridge, "GET", f"/directory/room/{quote(alias)}", token)
+        assert status == 404
