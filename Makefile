@@ -6,10 +6,14 @@ SYNAPSE_VENV := .venv-synapse
 ISSUER_DIR := tests/oidc-provider
 # Synapse with stable MSC4190 (appservice device management) and MSC4326 (device masquerading).
 SYNAPSE_SPEC := matrix-synapse>=1.141,<2
+# Dendrite (Go) for the legacy-homeserver tests; binaries in $(DENDRITE_BIN), built once.
+DENDRITE_VERSION := v0.13.8
+DENDRITE_BIN := .bin
+DENDRITE_STAMP := $(DENDRITE_BIN)/.dendrite-$(DENDRITE_VERSION)
 
 .PHONY: install test lint format demo clean
 
-install: $(VENV)/.installed $(SYNAPSE_VENV)/.installed $(ISSUER_DIR)/node_modules/.installed
+install: $(VENV)/.installed $(SYNAPSE_VENV)/.installed $(ISSUER_DIR)/node_modules/.installed $(DENDRITE_STAMP)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +28,22 @@ $(SYNAPSE_VENV)/.installed:
 $(ISSUER_DIR)/node_modules/.installed: $(ISSUER_DIR)/package-lock.json
 	npm ci --prefix $(ISSUER_DIR) --no-audit --no-fund
 	touch $@
+
+# Dendrite binaries for the legacy-homeserver tests, built from the Go module proxy.
+# -p 1: a cold build takes about 2.5 minutes on two cores, seconds from the Go cache.
+$(DENDRITE_STAMP):
+	mkdir -p $(DENDRITE_BIN)
+	GOBIN=$(abspath $(DENDRITE_BIN)) go install -p 1 \
+		$(foreach cmd,dendrite generate-keys generate-config,github.com/matrix-org/dendrite/cmd/$(cmd)@$(DENDRITE_VERSION))
+	touch $@
+
+# PostgreSQL server binaries (initdb, pg_ctl) for the store tests: Debian's
+# package, installed only when neither the PATH nor /usr/lib/postgresql has them.
+.PHONY: postgres-server
+install: postgres-server
+postgres-server:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
 
 # pytest's own exit code is kept in .pytest-exit-code: make reports every
 # failure as 2, and CI passes pytest's code on (.ci/run).
@@ -44,4 +64,4 @@ demo: install
 	$(BIN)/python -m tests.support.demo
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) $(ISSUER_DIR)/node_modules .demo
+	rm -rf $(VENV) $(SYNAPSE_VENV) $(ISSUER_DIR)/node_modules .demo $(DENDRITE_BIN)
