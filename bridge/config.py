@@ -19,11 +19,13 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography.fernet import Fernet
 
 from bridge.errors import ConfigError
 
 IntrospectionAuth = Literal["client_secret_basic", "client_secret_post", "mas_shared_secret"]
 Strategy = Literal["masquerade"]
+StoreKind = Literal["sqlite", "postgres"]
 
 # Matrix server names: a hostname or IP literal with an optional port (spec appendix).
 _SERVER_NAME = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?$")
@@ -119,6 +121,22 @@ class WellKnownConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The durable store of homeserver device tokens, encrypted at rest.
+
+    ``encryption_keys`` are Fernet keys: the first encrypts, every one decrypts,
+    so a new key goes first and the old one stays listed until the store has
+    been re-encrypted (``rotate_key``). ``path`` is for ``kind: sqlite``,
+    ``dsn`` for ``kind: postgres``.
+    """
+
+    encryption_keys: tuple[str, ...] = field(repr=False)
+    kind: StoreKind = "sqlite"
+    path: str = "matrix-oidc-bridge.db"
+    dsn: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     """The whole configuration."""
 
@@ -130,6 +148,8 @@ class BridgeConfig:
     listen: ListenConfig = ListenConfig()
     token_cache: TokenCacheConfig = TokenCacheConfig()
     well_known: WellKnownConfig = WellKnownConfig()
+    # None when the file has no ``store`` section: the bridge then keeps nothing.
+    store: StoreConfig | None = None
 
 
 class _Section:
@@ -148,6 +168,10 @@ class _Section:
     def _get(self, name: str) -> object:
         self._seen.add(name)
         return self._raw.get(name)
+
+    def present(self, name: str) -> bool:
+        """Whether ``name`` is set (to anything but null)."""
+        return self._get(name) is not None
 
     def section(self, name: str, *, required: bool = True) -> _Section:
         raw = self._get(name)
@@ -235,6 +259,34 @@ class _Section:
         if inline is None:
             raise ConfigError(self.key(name), f"is required (or {name}_file)")
         return inline
+
+    def secret_list(self, name: str) -> tuple[str, ...]:
+        """Secrets given inline as the list ``name``, or one a line in the file ``name_file``."""
+        inline = self._get(name)
+        file_name = self.opt_text(f"{name}_file")
+        if inline is not None and file_name is not None:
+            raise ConfigError(self.key(name), f"give either {name} or {name}_file, not both")
+        if file_name is not None:
+            path = Path(os.path.expandvars(file_name))
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise ConfigError(
+                    self.key(f"{name}_file"), f"cannot read {path}: {e.strerror}"
+                ) from e
+            values = tuple(line.strip() for line in text.splitlines() if line.strip())
+            if not values:
+                raise ConfigError(self.key(f"{name}_file"), f"{path} is empty")
+            return values
+        if inline is None:
+            raise ConfigError(self.key(name), f"is required (or {name}_file)")
+        if (
+            not isinstance(inline, list)
+            or not inline
+            or not all(isinstance(v, str) and v for v in inline)
+        ):
+            raise ConfigError(self.key(name), "must be a non-empty list of non-empty strings")
+        return tuple(inline)
 
     def finish(self) -> None:
         """Refuse unknown keys: a typo must not silently fall back to a default."""
@@ -376,6 +428,38 @@ def _parse_appservice(top: _Section) -> AppserviceConfig:
     return config
 
 
+def _parse_store(top: _Section) -> StoreConfig | None:
+    if not top.present("store"):
+        return None
+    sec = top.section("store")
+    kind = cast(StoreKind, sec.choice("kind", ("sqlite", "postgres"), "sqlite"))
+    keys = sec.secret_list("encryption_keys")
+    for number, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            # Never chain or echo: the message would be about the key itself.
+            raise ConfigError(
+                sec.key("encryption_keys"),
+                f"key {number} is not a Fernet key (32 bytes, urlsafe base64)",
+            ) from None
+    dsn: str | None = None
+    path = "matrix-oidc-bridge.db"
+    if kind == "sqlite":
+        for name in ("dsn", "dsn_file"):
+            if sec.present(name):
+                raise ConfigError(sec.key(name), "is only for kind: postgres")
+        path = sec.text("path", path)
+    else:
+        if sec.present("path"):
+            raise ConfigError(sec.key("path"), "is only for kind: sqlite")
+        dsn = sec.secret("dsn")
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(sec.key("dsn"), "must be a postgresql:// URL")
+    sec.finish()
+    return StoreConfig(encryption_keys=keys, kind=kind, path=path, dsn=dsn)
+
+
 def parse_config(raw: object) -> BridgeConfig:
     """Validate an already-loaded YAML document into a :class:`BridgeConfig`."""
     top = _Section(raw, "")
@@ -419,6 +503,7 @@ def parse_config(raw: object) -> BridgeConfig:
         listen=listen,
         token_cache=token_cache,
         well_known=well_known,
+        store=_parse_store(top),
     )
     top.finish()
     return config
