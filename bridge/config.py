@@ -72,6 +72,11 @@ class HomeserverConfig:
     admin_api_allowlist: tuple[str, ...] = ()
     provisioning_cache_size: int = 100_000
     provisioning_cache_ttl: float = 600.0
+    # A server admin the bridge acts as to read users' states (deactivated,
+    # locked, shadow-banned) under masquerade: the homeserver checks none of
+    # them for appservice requests.
+    admin_localpart: str | None = None
+    account_state_ttl: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -366,7 +371,11 @@ def _parse_homeserver(top: _Section) -> HomeserverConfig:
         admin_api_allowlist=allowlist,
         provisioning_cache_size=sec.integer("provisioning_cache_size", 100_000, minimum=1),
         provisioning_cache_ttl=sec.number("provisioning_cache_ttl", 600.0, minimum=1.0),
+        admin_localpart=sec.opt_text("admin_localpart"),
+        account_state_ttl=sec.number("account_state_ttl", 60.0, minimum=1.0),
     )
+    if config.admin_localpart is not None and not _LOCALPART.fullmatch(config.admin_localpart):
+        raise ConfigError(sec.key("admin_localpart"), "is not a valid localpart")
     sec.finish()
     return config
 

@@ -56,9 +56,12 @@ class MatrixError(BridgeError):
         errcode: str | None = None,
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        # More fields of the JSON body (``soft_logout``, ...).
+        self.extra: Mapping[str, object] = extra or {}
         if errcode is not None:
             self.errcode = errcode
         if status is not None:
@@ -67,7 +70,7 @@ class MatrixError(BridgeError):
 
     def to_response(self) -> web.Response:
         """Render as a Matrix JSON error response."""
-        body = json.dumps({"errcode": self.errcode, "error": self.message})
+        body = json.dumps({"errcode": self.errcode, "error": self.message, **self.extra})
         return web.Response(
             status=self.status, text=body, content_type=_JSON, headers=dict(self.headers)
         )

@@ -196,11 +196,11 @@ class Forwarder:
         return headers
 
     async def _credentials(
-        self, identity: Identity | None
+        self, identity: Identity | None, *, write: bool = False
     ) -> tuple[str | None, list[tuple[str, str]]]:
         if identity is None:
             return None, []
-        await self._strategy.prepare(identity)
+        await self._strategy.prepare(identity, write=write)
         return self._strategy.credentials(identity)
 
     async def call_as(
@@ -248,8 +248,9 @@ class Forwarder:
         if body is None and request.body_exists and _small(request.content_length):
             body = await request.read()
         retryable = body is not None or not request.body_exists
+        write = request.method not in _SAFE_METHODS
         for attempt in (0, 1):
-            authorization, params = await self._credentials(identity)
+            authorization, params = await self._credentials(identity, write=write)
             upstream = await self._send(request, identity, authorization, params, body)
             if identity is None or upstream.status not in _LOST_STATUSES:
                 return await self._stream_back(request, upstream)
@@ -330,6 +331,7 @@ class Forwarder:
 # Bodies up to this size are held in memory: a request so it can be sent again,
 # an error answer so it can be read.
 _SMALL_BODY = 64 * 1024
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Statuses of the homeserver's answers that may mean it lost what the bridge provisioned.
 _LOST_STATUSES = frozenset({400, 401, 403})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +56,36 @@ async def call_json(
     except aiohttp.ClientError as e:
         log.warning("homeserver request failed: %s", type(e).__name__)
         raise HomeserverUnavailable("The homeserver is unreachable") from e
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What the homeserver's admin API says of a user (Synapse ``/_synapse/admin/v2/users``)."""
+
+    deactivated: bool = False
+    locked: bool = False
+    shadow_banned: bool = False
+
+    def raise_if_barred(self, *, write: bool) -> None:
+        """Refuse as Synapse refuses the user's own token: the appservice path checks none
+        of these (docs/appservice-privileges.md AS-05, AS-06)."""
+        if self.deactivated:
+            raise MatrixError(
+                "This account has been deactivated", errcode="M_USER_DEACTIVATED", status=403
+            )
+        if self.locked:
+            raise MatrixError(
+                "User account has been locked",
+                errcode="M_USER_LOCKED",
+                status=401,
+                extra={"soft_logout": True},
+            )
+        if self.shadow_banned and write:
+            # Synapse pretends a shadow-banned user's writes succeed; the bridge cannot
+            # pretend as well, so it refuses them rather than deliver them.
+            raise MatrixError(
+                "This account may not make changes", status=403, errcode="M_FORBIDDEN"
+            )
 
 
 class AppserviceClient:
@@ -153,4 +184,30 @@ class AppserviceClient:
             authorization=f"Bearer {token}",
             body={},
             client_timeout=self._timeout,
+        )
+
+    async def account_state(self, user_id: str, admin_user_id: str) -> AccountState:
+        """The user's state, read with the admin API as ``admin_user_id`` (masqueraded)."""
+        status, answer = await self._call(
+            "GET",
+            f"/_synapse/admin/v2/users/{quote(user_id, safe='')}",
+            body=None,
+            params=[("user_id", admin_user_id)],
+        )
+        if status == 404:
+            return AccountState()  # not registered yet
+        if status != 200:
+            log.error(
+                "cannot read account states as %s: HTTP %s %s (is it a server admin?)",
+                admin_user_id,
+                status,
+                answer.get("errcode"),
+            )
+            raise MatrixError(
+                "The homeserver could not say whether this account may act", status=502
+            )
+        return AccountState(
+            deactivated=answer.get("deactivated") is True,
+            locked=answer.get("locked") is True,
+            shadow_banned=answer.get("shadow_banned") is True,
         )

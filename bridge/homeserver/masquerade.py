@@ -5,6 +5,11 @@ to exist on the homeserver. A pair the homeserver lost (a device deleted by
 an admin, a restored database) is provisioned again as soon as the
 homeserver says so (:meth:`Masquerade.heal`), and in any case after
 ``provisioning_cache_ttl``.
+
+With ``homeserver.admin_localpart`` set, each user's state (deactivated,
+locked, shadow-banned) is read with the admin API and enforced as the
+homeserver would for the user's own token; it is remembered for
+``account_state_ttl``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from cachetools import TTLCache
 
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
-from bridge.homeserver.appservice import AppserviceClient
+from bridge.homeserver.appservice import AccountState, AppserviceClient
 from bridge.singleflight import SingleFlight
 
 
@@ -30,14 +35,33 @@ class Masquerade:
             maxsize=hs.provisioning_cache_size, ttl=hs.provisioning_cache_ttl
         )
         self._inflight: SingleFlight[Identity, None] = SingleFlight()
+        self._admin = f"@{hs.admin_localpart}:{config.server_name}" if hs.admin_localpart else None
+        self._states: TTLCache[str, AccountState] = TTLCache(
+            maxsize=hs.provisioning_cache_size, ttl=hs.account_state_ttl
+        )
+        self._state_inflight: SingleFlight[str, AccountState] = SingleFlight()
 
-    async def prepare(self, identity: Identity) -> None:
+    async def prepare(self, identity: Identity, *, write: bool = False) -> None:
+        if self._admin is not None:
+            state = self._states.get(identity.user_id)
+            if state is None:
+                state = await self._state_inflight.run(
+                    identity.user_id, lambda: self._read_state(identity.user_id)
+                )
+            state.raise_if_barred(write=write)
         if identity in self._known:
             return
         await self._inflight.run(identity, lambda: self._provision(identity))
 
+    async def _read_state(self, user_id: str) -> AccountState:
+        assert self._admin is not None
+        state = await self._appservice.account_state(user_id, self._admin)
+        self._states[user_id] = state
+        return state
+
     async def heal(self, identity: Identity, failed_authorization: str) -> None:
         self._known.pop(identity, None)
+        self._states.pop(identity.user_id, None)
         await self.prepare(identity)
 
     async def _provision(self, identity: Identity) -> None:

@@ -18,8 +18,9 @@ class IdentityStrategy(Protocol):
 
     appservice_power: bool
 
-    async def prepare(self, identity: Identity) -> None:
-        """Make sure the user and device exist on the homeserver (cached)."""
+    async def prepare(self, identity: Identity, *, write: bool = False) -> None:
+        """Make sure the user and device exist on the homeserver (cached), and that the
+        user may act (``write``: a request that changes something)."""
 
     def credentials(self, identity: Identity) -> tuple[str, list[tuple[str, str]]]:
         """The ``Authorization`` header value and the query parameters to forward with."""

@@ -28,7 +28,7 @@ from bridge.state import AUTHENTICATOR
 from tests.integration.conftest import BridgeClient, Login, MakeBridge, auth, new_localpart
 from tests.support.issuer import TestIssuer, obtain_token, start_issuer
 from tests.support.stack import SERVER_NAME, bridge_config_document
-from tests.support.synapse import SynapseServer
+from tests.support.synapse import ADMIN_LOCALPART, SynapseServer
 
 V3 = "/_matrix/client/v3"
 FORM = "application/x-www-form-urlencoded"
@@ -519,3 +519,68 @@ async def test_other_appservices_aliases_are_refused(
     for alias in (ghost_alias, f"#{local}:{SERVER_NAME}"):
         status, _ = await call(guarded_bridge, "GET", f"/directory/room/{quote(alias)}", token)
         assert status == 404
+
+
+# ---------------------------------------------------------------------------------------
+# Account states the homeserver checks only for a user's own token (AS-05, AS-06)
+
+
+@pytest.fixture
+async def state_bridge(
+    aiohttp_client: Any, synapse: SynapseServer, appservice: AppserviceConfig, issuer: TestIssuer
+) -> BridgeClient:
+    """A bridge that reads users' states as the homeserver's admin."""
+    document = bridge_config_document(
+        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice
+    )
+    document["homeserver"].update(  # type: ignore[attr-defined]
+        {"admin_localpart": ADMIN_LOCALPART, "account_state_ttl": 1}
+    )
+    client: BridgeClient = await aiohttp_client(create_app(parse_config(document)))
+    return client
+
+
+async def test_a_locked_account_is_refused_as_synapse_refuses_it(
+    state_bridge: BridgeClient, login: Login, admin: Admin
+) -> None:
+    alice = new_localpart("alice")
+    token = await login(alice, "DEVA")
+    await ok(state_bridge, "GET", "/account/whoami", token)
+    await admin.call("PUT", f"/_synapse/admin/v2/users/{quote(user_id(alice))}", {"locked": True})
+    await asyncio.sleep(1.1)  # account_state_ttl
+    status, body = await call(state_bridge, "GET", "/account/whoami", token)
+    assert (status, body["errcode"], body["soft_logout"]) == (401, "M_USER_LOCKED", True)
+    await admin.call("PUT", f"/_synapse/admin/v2/users/{quote(user_id(alice))}", {"locked": False})
+    await asyncio.sleep(1.1)
+    await ok(state_bridge, "GET", "/account/whoami", token)
+
+
+async def test_a_deactivated_account_is_refused_at_once_and_not_provisioned_again(
+    state_bridge: BridgeClient, login: Login, admin: Admin
+) -> None:
+    alice = new_localpart("alice")
+    token = await login(alice, "DEVA")
+    await ok(state_bridge, "GET", "/account/whoami", token)
+    await admin.call("POST", f"/_synapse/admin/v1/deactivate/{quote(user_id(alice))}", {})
+    # No waiting: deactivation deleted the device, and healing reads the state again.
+    status, body = await call(state_bridge, "GET", "/account/whoami", token)
+    assert (status, body["errcode"]) == (403, "M_USER_DEACTIVATED")
+    assert await admin.devices(user_id(alice)) == set()
+
+
+async def test_a_shadow_banned_account_may_read_but_not_write(
+    state_bridge: BridgeClient, login: Login, admin: Admin
+) -> None:
+    alice = new_localpart("alice")
+    token = await login(alice, "DEVA")
+    room = await ok(state_bridge, "POST", "/createRoom", token, json={})
+    await admin.call("POST", f"/_synapse/admin/v1/users/{quote(user_id(alice))}/shadow_ban", {})
+    await asyncio.sleep(1.1)
+    await ok(state_bridge, "GET", "/joined_rooms", token)
+    status, body = await call(
+        state_bridge, "PUT", f"/rooms/{room['room_id']}/send/m.room.message/t1", token,
+        json={"msgtype": "m.text", "body": "spam"},
+    )  # fmt: skip
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    messages = [e for e in await admin.events(room["room_id"]) if e["type"] == "m.room.message"]
+    assert messages == []
