@@ -83,6 +83,12 @@ def test_generate_registration(good: Path, tmp_path: Path) -> None:
     assert reg["hs_token"] == "hs-secret"
     assert reg["sender_localpart"] == "oidc-bridge"
     assert reg["io.element.msc4190"] is True
+    # The homeserver's per-user rate limits apply to the bridge's users (AS-10).
+    assert reg["rate_limited"] is True
+    [aliases] = reg["namespaces"]["aliases"]
+    assert aliases["exclusive"] is False
+    assert re.match(aliases["regex"], "#room:example.org")
+    assert not re.search(aliases["regex"], "#room:evil.org")
     [users] = reg["namespaces"]["users"]
     assert users["exclusive"] is False
     assert re.match(users["regex"], "@alice:example.org")

@@ -18,7 +18,14 @@ from bridge.app import create_app
 from bridge.config import AppserviceConfig
 from tests.support.issuer import TestIssuer, obtain_token, start_issuer
 from tests.support.net import free_port
-from tests.support.stack import SERVER_NAME, bridge_config, new_appservice, write_registration
+from tests.support.stack import (
+    SERVER_NAME,
+    bridge_config,
+    new_appservice,
+    new_plain_login_appservice,
+    write_plain_login_registration,
+    write_registration,
+)
 from tests.support.synapse import SynapseServer, start_synapse
 
 BridgeClient = TestClient[web.Request, web.Application]
@@ -37,13 +44,27 @@ def appservice() -> AppserviceConfig:
 
 
 @pytest.fixture(scope="session")
+def plain_login_appservice() -> AppserviceConfig:
+    """The test-only second appservice (no MSC4190) that logs users in with plain tokens."""
+    return new_plain_login_appservice()
+
+
+@pytest.fixture(scope="session")
 def synapse(
-    tmp_path_factory: pytest.TempPathFactory, appservice: AppserviceConfig
+    tmp_path_factory: pytest.TempPathFactory,
+    appservice: AppserviceConfig,
+    plain_login_appservice: AppserviceConfig,
 ) -> Iterator[SynapseServer]:
     workdir = tmp_path_factory.mktemp("synapse")
     reg = write_registration(appservice, workdir / "bridge-registration.yaml")
+    plain = write_plain_login_registration(
+        plain_login_appservice, workdir / "plain-login-registration.yaml"
+    )
     server = start_synapse(
-        workdir=workdir, registration_files=[reg], server_name=SERVER_NAME, port=free_port()
+        workdir=workdir,
+        registration_files=[reg, plain],
+        server_name=SERVER_NAME,
+        port=free_port(),
     )
     yield server
     server.stop()
@@ -107,6 +128,46 @@ def login(http: aiohttp.ClientSession, issuer: TestIssuer) -> Login:
             unstable_scopes=unstable,
         )
         return tokens.access_token
+
+    return do_login
+
+
+PlainLogin = Callable[[str, str], Awaitable[str]]
+
+
+@pytest.fixture
+def plain_login(
+    http: aiohttp.ClientSession, synapse: SynapseServer, plain_login_appservice: AppserviceConfig
+) -> PlainLogin:
+    """A plain Synapse access token for (localpart, device_id), straight from Synapse.
+
+    The user is registered through the test-only second appservice if needed, then
+    logged in with ``m.login.application_service``: the token is an ordinary device
+    token, and requests made with it are not appservice requests.
+    """
+    v3 = synapse.base_url + "/_matrix/client/v3"
+    as_auth = auth(plain_login_appservice.as_token)
+
+    async def do_login(localpart: str, device_id: str) -> str:
+        registration = {
+            "type": "m.login.application_service",
+            "username": localpart,
+            "inhibit_login": True,
+        }
+        async with http.post(f"{v3}/register", json=registration, headers=as_auth) as resp:
+            answer = await resp.json()
+            if resp.status != 200 and answer.get("errcode") != "M_USER_IN_USE":
+                raise RuntimeError(f"register {localpart}: {resp.status} {answer}")
+        login = {
+            "type": "m.login.application_service",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "device_id": device_id,
+        }
+        async with http.post(f"{v3}/login", json=login, headers=as_auth) as resp:
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"login {localpart}/{device_id}: {resp.status} {answer}")
+            return str(answer["access_token"])
 
     return do_login
 

@@ -6,7 +6,7 @@ import pytest
 
 from bridge.errors import BadRequest
 from bridge.paths import normalize
-from bridge.routes.refused import admin_api_allowed, closed_door
+from bridge.routes.refused import APPSERVICE_ONLY, admin_api_allowed, closed_door
 
 PREFIXES = ["/_matrix/client/r0", "/_matrix/client/v3", "/_matrix/client/unstable/org.example"]
 
@@ -133,3 +133,30 @@ def test_admin_api_allowed(path: str, allowed: bool) -> None:
 
 def test_admin_api_empty_allowlist() -> None:
     assert not admin_api_allowed((), "/_synapse/admin/v1/rooms")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v1/appservice/any-id/ping",
+        "/_matrix/client/unstable/appservice/any-id/ping",
+        "/_matrix/client/unstable/io.element.msc4512/appservice/fed_proxy",
+        "/_matrix/client/unstable/io.element.msc4502/rooms/!r:example.org/is_joined",
+        "/_matrix/client/v3/directory/list/appservice/net/!r:example.org",
+        "/_matrix/client/r0/directory/list/appservice",
+    ],
+)
+def test_appservice_only_endpoints(path: str) -> None:
+    """docs/appservice-privileges.md section 3(b)."""
+    assert any(rx.match(path) for rx in APPSERVICE_ONLY)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/rooms/!r:example.org/state/m.room.member/appservice",
+        "/_matrix/client/v3/rooms/!r:example.org/joined_members",
+    ],
+)
+def test_appservice_only_is_not_a_substring_match(path: str) -> None:
+    assert not any(rx.match(path) for rx in APPSERVICE_ONLY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from bridge.homeserver.registration import registration
 from tests.support.issuer import TestIssuer
 
 SERVER_NAME = "bridge.test"
+# The second, test-only appservice that hands out plain user tokens (see below).
+PLAIN_LOGIN_APPSERVICE_ID = "test-plain-login"
 
 
 def new_appservice() -> AppserviceConfig:
@@ -22,6 +25,45 @@ def new_appservice() -> AppserviceConfig:
 def write_registration(appservice: AppserviceConfig, path: Path) -> Path:
     """Write the bridge's appservice registration where Synapse will load it."""
     path.write_text(yaml.safe_dump(registration(appservice, SERVER_NAME)), encoding="utf-8")
+    return path
+
+
+def new_plain_login_appservice() -> AppserviceConfig:
+    """Fresh random tokens for the test-only appservice that mints plain user tokens."""
+    return AppserviceConfig(
+        as_token=secrets.token_urlsafe(32),
+        hs_token=secrets.token_urlsafe(32),
+        id=PLAIN_LOGIN_APPSERVICE_ID,
+        sender_localpart="test-plain-login",
+    )
+
+
+def plain_login_registration(appservice: AppserviceConfig, server_name: str) -> dict[str, object]:
+    """A second registration, for tests only: same non-exclusive user namespace as the
+    bridge's, but without ``io.element.msc4190``, so Synapse allows
+    ``m.login.application_service`` logins through it. Such a login returns an ordinary
+    device access token: requests made with it are not appservice requests, which is what
+    the differential tests compare the bridge against.
+    """
+    return {
+        "id": appservice.id,
+        "url": None,
+        "as_token": appservice.as_token,
+        "hs_token": appservice.hs_token,
+        "sender_localpart": appservice.sender_localpart,
+        "rate_limited": False,
+        "namespaces": {
+            "users": [{"exclusive": False, "regex": f"^@[^:]+:{re.escape(server_name)}$"}],
+            "aliases": [],
+            "rooms": [],
+        },
+    }
+
+
+def write_plain_login_registration(appservice: AppserviceConfig, path: Path) -> Path:
+    """Write the test-only plain-login registration where Synapse will load it."""
+    document = plain_login_registration(appservice, SERVER_NAME)
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
 
 
