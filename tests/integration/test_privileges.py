@@ -584,3 +584,30 @@ async def test_a_shadow_banned_account_may_read_but_not_write(
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
     messages = [e for e in await admin.events(room["room_id"]) if e["type"] == "m.room.message"]
     assert messages == []
+
+
+@pytest.mark.parametrize(
+    ("issuer_settings", "accepted"),
+    [
+        ({"audiences": ["urn:matrix:client"]}, True),  # the test issuer's resource
+        ({"audiences": ["https://another.example/"]}, False),
+        ({"client_ids": ["some-other-client"]}, False),
+    ],
+)
+async def test_introspection_answers_are_checked_against_audience_and_client_lists(
+    aiohttp_client: Any,
+    synapse: SynapseServer,
+    appservice: AppserviceConfig,
+    issuer: TestIssuer,
+    login: Login,
+    issuer_settings: dict[str, list[str]],
+    accepted: bool,
+) -> None:
+    document = bridge_config_document(
+        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice
+    )
+    document["issuer"].update(issuer_settings)  # type: ignore[attr-defined]
+    bridge: BridgeClient = await aiohttp_client(create_app(parse_config(document)))
+    token = await login(new_localpart("alice"), "DEVA")
+    status, body = await call(bridge, "GET", "/account/whoami", token)
+    assert status == (200 if accepted else 401), body
