@@ -1,14 +1,16 @@
-"""Command line: ``serve``, ``check-config``, ``generate-registration``."""
+"""Command line: serve, check-config, generate-registration, probe, rotate-key."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 import yaml
 from aiohttp import web
 
@@ -16,7 +18,9 @@ from bridge.accesslog import AccessLogger
 from bridge.app import create_app
 from bridge.config import BridgeConfig, load_config
 from bridge.errors import ConfigError
+from bridge.homeserver.probe import ProbeFailed, probe
 from bridge.homeserver.registration import registration
+from bridge.store import open_store
 
 # systemd's RestartPreventExitStatus= can name it: a config error will not fix itself.
 EXIT_CONFIG = 11
@@ -29,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         ("serve", "run the bridge"),
         ("check-config", "validate the configuration file and exit"),
         ("generate-registration", "write the appservice registration for the homeserver"),
+        ("probe", "ask the homeserver which identity strategies work with it"),
+        ("rotate-key", "re-encrypt the store with the first of store.encryption_keys"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
@@ -56,7 +62,10 @@ def _serve(config: BridgeConfig) -> None:
 
 
 def _write_registration(config: BridgeConfig, output: Path) -> None:
-    text = yaml.safe_dump(registration(config.appservice, config.server_name), sort_keys=False)
+    document = registration(
+        config.appservice, config.server_name, strategy=config.homeserver.strategy
+    )
+    text = yaml.safe_dump(document, sort_keys=False)
     # It holds both tokens: readable by its owner only.
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # the mode above applies to a new file only
@@ -64,20 +73,56 @@ def _write_registration(config: BridgeConfig, output: Path) -> None:
         f.write(text)
 
 
+async def _probe(config: BridgeConfig) -> int:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        result = await probe(session, config)
+    print(f"homeserver {config.homeserver.url} (spec versions {', '.join(result.versions)})")
+    print(f"  appservice login with a device_id: {'yes' if result.appservice_login else 'no'}")
+    print(f"  appservice device creation (MSC4190): {'yes' if result.device_creation else 'no'}")
+    print(f"  device masquerading (MSC4326): {'yes' if result.device_masquerade else 'no'}")
+    print(f"strategies that work: {', '.join(result.strategies) or 'none'}")
+    configured = config.homeserver.strategy
+    if configured not in result.strategies:
+        print(f"the configured strategy {configured} cannot work: {result.why_not(configured)}")
+        return EXIT_CONFIG
+    return 0
+
+
+async def _rotate_key(config: BridgeConfig) -> int:
+    if config.store is None:
+        raise ConfigError("store", "is not configured: there is nothing to re-encrypt")
+    store = await open_store(config.store)
+    try:
+        count = await store.rotate_key()
+    finally:
+        await store.close()
+    print(f"re-encrypted {count} device tokens with the first key")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        if args.command == "check-config":
+            print(f"{args.config}: OK")
+        elif args.command == "generate-registration":
+            _write_registration(config, args.output)
+            print(f"wrote {args.output}")
+        elif args.command == "probe":
+            return asyncio.run(_probe(config))
+        elif args.command == "rotate-key":
+            return asyncio.run(_rotate_key(config))
+        else:
+            _serve(config)
     except ConfigError as e:
         print(f"matrix-oidc-bridge: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "check-config":
-        print(f"{args.config}: OK")
-    elif args.command == "generate-registration":
-        _write_registration(config, args.output)
-        print(f"wrote {args.output}")
-    else:
-        _serve(config)
+    except ProbeFailed as e:
+        # Transient (the homeserver may be starting): not exit code 11, so
+        # systemd tries again.
+        print(f"matrix-oidc-bridge: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

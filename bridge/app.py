@@ -19,7 +19,10 @@ from bridge.auth.verifier import ClaimRules, IntrospectionVerifier
 from bridge.config import BridgeConfig
 from bridge.errors import IssuerUnavailable, error_middleware
 from bridge.homeserver.appservice import AppserviceClient
+from bridge.homeserver.device_login import DeviceLogin
 from bridge.homeserver.masquerade import Masquerade
+from bridge.homeserver.probe import check_strategy
+from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.introspection import Introspector
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
@@ -27,7 +30,8 @@ from bridge.proxy import Forwarder
 from bridge.routes import client, discovery, well_known
 from bridge.routes.cors import add_cors_headers, preflight_middleware
 from bridge.routes.refused import refused_middleware
-from bridge.state import AUTHENTICATOR, CONFIG, FORWARDER, ISSUER_METADATA
+from bridge.state import AUTHENTICATOR, CONFIG, FORWARDER, ISSUER_METADATA, STORE
+from bridge.store import open_store
 
 log = logging.getLogger("bridge.app")
 
@@ -65,6 +69,28 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
             await refresh
 
 
+async def probe_homeserver(app: web.Application) -> AsyncIterator[None]:
+    """Refuse to start when the configured strategy cannot work with the homeserver
+    (before anything else is opened, so nothing is left behind)."""
+    config = app[CONFIG]
+    if config.homeserver.probe_at_start:
+        async with _session() as session:
+            await check_strategy(session, config)
+    yield
+
+
+async def store(app: web.Application) -> AsyncIterator[None]:
+    """The durable store, when the config has one (``device_login`` needs it)."""
+    config = app[CONFIG]
+    if config.store is None:
+        yield
+        return
+    opened = await open_store(config.store)
+    app[STORE] = opened
+    yield
+    await opened.close()
+
+
 async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
     """The one pooled homeserver session, the identity strategy and the forwarder."""
     config = app[CONFIG]
@@ -75,7 +101,12 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
     ) as session:
-        strategy = Masquerade(AppserviceClient(session, config), config)
+        appservice = AppserviceClient(session, config)
+        strategy: IdentityStrategy
+        if config.homeserver.strategy == "device_login":
+            strategy = DeviceLogin(appservice, app[STORE], config)
+        else:
+            strategy = Masquerade(appservice, config)
         # Derived, so operators have one secret fewer to manage.
         txn_key = hmac.new(
             config.appservice.as_token.encode(), b"matrix-oidc-bridge txnId", hashlib.sha256
@@ -90,7 +121,9 @@ def create_app(config: BridgeConfig) -> web.Application:
         middlewares=[error_middleware, preflight_middleware, refused_middleware, auth_middleware]
     )
     app[CONFIG] = config
+    app.cleanup_ctx.append(probe_homeserver)
     app.cleanup_ctx.append(issuer_client)
+    app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(homeserver_client)
     app.on_response_prepare.append(add_cors_headers)
     well_known.add_routes(app)

@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet
 from bridge.errors import ConfigError
 
 IntrospectionAuth = Literal["client_secret_basic", "client_secret_post", "mas_shared_secret"]
-Strategy = Literal["masquerade"]
+Strategy = Literal["device_login", "masquerade"]
 StoreKind = Literal["sqlite", "postgres"]
 
 # Matrix server names: a hostname or IP literal with an optional port (spec appendix).
@@ -65,7 +65,12 @@ class HomeserverConfig:
     """The legacy homeserver the bridge forwards to."""
 
     url: str
-    strategy: Strategy = "masquerade"
+    # device_login: a real device and token per session (every homeserver);
+    # masquerade: appservice token + user_id + device_id (MSC4326 + MSC4190).
+    strategy: Strategy = "device_login"
+    # Ask the homeserver at start which strategies work, and refuse to start
+    # when the configured one cannot.
+    probe_at_start: bool = True
     connect_timeout: float = 10.0
     # Long enough for the longest /sync long-poll a client may ask for.
     read_timeout: float = 180.0
@@ -222,6 +227,14 @@ class _Section:
             raise ConfigError(self.key(name), f"must be between {minimum} and {maximum}")
         return value
 
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), "must be true or false")
+        return value
+
     def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
         value = self.text(name, default)
         if value not in choices:
@@ -356,7 +369,7 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
 def _parse_homeserver(top: _Section) -> HomeserverConfig:
     sec = top.section("homeserver")
     url = _http_url(sec, "url", sec.text("url")).rstrip("/")
-    strategy = sec.choice("strategy", ("masquerade",), "masquerade")
+    strategy = sec.choice("strategy", ("device_login", "masquerade"), "device_login")
     allowlist = sec.text_list("admin_api_allowlist")
     for prefix in allowlist:
         if not prefix.startswith("/_synapse/admin/"):
@@ -366,6 +379,7 @@ def _parse_homeserver(top: _Section) -> HomeserverConfig:
     config = HomeserverConfig(
         url=url,
         strategy=cast(Strategy, strategy),
+        probe_at_start=sec.boolean("probe_at_start", True),
         connect_timeout=sec.number("connect_timeout", 10.0, minimum=0.1),
         read_timeout=sec.number("read_timeout", 180.0, minimum=1.0),
         admin_api_allowlist=allowlist,
@@ -514,6 +528,10 @@ def parse_config(raw: object) -> BridgeConfig:
         well_known=well_known,
         store=_parse_store(top),
     )
+    if config.homeserver.strategy == "device_login" and config.store is None:
+        raise ConfigError(
+            "store", "is required with homeserver.strategy: device_login (it keeps the tokens)"
+        )
     top.finish()
     return config
 

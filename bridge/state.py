@@ -9,11 +9,13 @@ from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.proxy import Forwarder
+from bridge.store import Store
 
 CONFIG = web.AppKey("config", BridgeConfig)
 ISSUER_METADATA = web.AppKey("issuer_metadata", IssuerMetadata)
 AUTHENTICATOR = web.AppKey("authenticator", CachedAuthenticator)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+STORE = web.AppKey("store", Store)
 
 # The normalised path (bridge.paths.normalize), set by the first routing middleware.
 PATH: web.RequestKey[str] = web.RequestKey("path")

@@ -285,7 +285,8 @@ def bridge_config(
     raw: dict[str, Any] = {
         "server_name": SERVER_NAME,
         "public_baseurl": PUBLIC_BASEURL,
-        "homeserver": {"url": homeserver_url},
+        # The fake homeserver speaks the masquerade dialect and cannot be probed.
+        "homeserver": {"url": homeserver_url, "strategy": "masquerade", "probe_at_start": False},
         "appservice": {"as_token": AS_TOKEN, "hs_token": HS_TOKEN},
         "issuer": {
             "issuer": issuer_url,

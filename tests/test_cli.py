@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOOD: dict[str, Any] = {
     "server_name": "example.org",
     "public_baseurl": "https://matrix.example.org",
-    "homeserver": {"url": "http://127.0.0.1:8008"},
+    "homeserver": {"url": "http://127.0.0.1:8008", "strategy": "masquerade"},
     "appservice": {
         "as_token": "as-secret",
         "hs_token": "hs-secret",
@@ -82,7 +82,7 @@ def test_generate_registration(good: Path, tmp_path: Path) -> None:
     assert reg["as_token"] == "as-secret"
     assert reg["hs_token"] == "hs-secret"
     assert reg["sender_localpart"] == "oidc-bridge"
-    assert reg["io.element.msc4190"] is True
+    assert reg["io.element.msc4190"] is True  # masquerade creates devices (MSC4190)
     # The homeserver's per-user rate limits apply to the bridge's users (AS-10).
     assert reg["rate_limited"] is True
     [aliases] = reg["namespaces"]["aliases"]
@@ -142,3 +142,20 @@ def test_main_requires_config_option() -> None:
     with pytest.raises(SystemExit) as info:
         main(["check-config"])
     assert info.value.code == 2
+
+
+def test_device_login_registration_allows_appservice_login(good: Path, tmp_path: Path) -> None:
+    """Synapse refuses appservice login to registrations with io.element.msc4190."""
+    doc = {
+        **GOOD,
+        "homeserver": {"url": "http://127.0.0.1:8008", "strategy": "device_login"},
+        "store": {"encryption_keys": ["V0QrPSHhbWzrxAHdjSGt1BnqANpA1hTxyrQFjh0u7mU="]},
+    }
+    config = tmp_path / "dl.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    output = tmp_path / "reg.yaml"
+    result = bridge_cli("generate-registration", "-c", str(config), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    reg = yaml.safe_load(output.read_text())
+    assert "io.element.msc4190" not in reg
+    assert reg["rate_limited"] is True

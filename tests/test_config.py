@@ -16,7 +16,8 @@ def minimal() -> dict[str, Any]:
     return {
         "server_name": "example.org",
         "public_baseurl": "https://matrix.example.org/",
-        "homeserver": {"url": "http://127.0.0.1:8008/"},
+        # The stateless strategy: the smallest valid file needs no store.
+        "homeserver": {"url": "http://127.0.0.1:8008/", "strategy": "masquerade"},
         "appservice": {"as_token": "as-secret", "hs_token": "hs-secret"},
         "issuer": {
             "issuer": "https://auth.example.org/",
@@ -149,7 +150,8 @@ def test_bad_url(key: str, url: str) -> None:
         ("token_cache.max_ttl", "5m", "must be a number"),
         ("token_cache.max_ttl", 0.5, "at least 1"),
         ("token_cache.negative_ttl", -1, "at least 0"),
-        ("homeserver.strategy", "device_login", "must be one of masquerade"),
+        ("homeserver.strategy", "impersonate", "must be one of device_login, masquerade"),
+        ("homeserver.probe_at_start", "yes", "must be true or false"),
         ("homeserver.admin_api_allowlist", "/_synapse/admin/v1", "list of non-empty strings"),
         ("homeserver.admin_api_allowlist", ["/admin/v1"], "must start with /_synapse/admin/"),
         ("appservice.sender_localpart", "Bridge", "must match"),
@@ -237,7 +239,7 @@ def test_load_config(tmp_path: Path) -> None:
         """
 server_name: example.org
 public_baseurl: https://matrix.example.org
-homeserver: {url: "http://127.0.0.1:8008"}
+homeserver: {url: "http://127.0.0.1:8008", strategy: masquerade}
 appservice: {as_token: a, hs_token: b}
 issuer:
   issuer: https://auth.example.org/
@@ -303,3 +305,15 @@ def test_unusable_other_registration_names_the_key(
 def test_reserved_localparts_must_be_localparts() -> None:
     error = config_error(with_value("appservice.reserved_localparts", ["Not Valid"]))
     assert error.key == "appservice.reserved_localparts"
+
+
+def test_device_login_is_the_default_and_needs_a_store() -> None:
+    doc = minimal()
+    del doc["homeserver"]["strategy"]
+    error = config_error(doc)
+    assert error.key == "store"
+    assert "device_login" in error.problem
+    doc["store"] = {"encryption_keys": ["V0QrPSHhbWzrxAHdjSGt1BnqANpA1hTxyrQFjh0u7mU="]}
+    config = parse_config(doc)
+    assert config.homeserver.strategy == "device_login"
+    assert config.homeserver.probe_at_start is True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.config import AppserviceConfig
+from bridge.config import AppserviceConfig, Strategy
 
 
 def user_namespace(server_name: str) -> str:
@@ -27,13 +27,17 @@ def alias_namespace(server_name: str) -> str:
     return f"^#[^:]+:{re.escape(server_name)}$"
 
 
-def registration(appservice: AppserviceConfig, server_name: str) -> dict[str, Any]:
+def registration(
+    appservice: AppserviceConfig, server_name: str, *, strategy: Strategy = "device_login"
+) -> dict[str, Any]:
     """The registration document for the bridge's appservice on ``server_name``.
 
     ``url: null``: the homeserver never pushes transactions, the bridge only
     calls it. The namespaces are not exclusive: an exclusive user namespace
     turns off push rules on Synapse and blocks the users' own registration.
-    ``io.element.msc4190`` lets the appservice create devices with ``PUT /devices``.
+    ``io.element.msc4190`` lets the appservice create devices with ``PUT /devices``
+    (``masquerade``); Synapse then refuses appservice login, which
+    ``device_login`` needs, so it is only set for ``masquerade``.
     ``rate_limited: true``: the homeserver applies its per-user rate limits to
     the users the bridge acts as, as it would to them directly.
     """
@@ -49,5 +53,5 @@ def registration(appservice: AppserviceConfig, server_name: str) -> dict[str, An
             "aliases": [{"exclusive": False, "regex": alias_namespace(server_name)}],
             "rooms": [],
         },
-        "io.element.msc4190": True,
+        **({"io.element.msc4190": True} if strategy == "masquerade" else {}),
     }

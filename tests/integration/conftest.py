@@ -1,13 +1,18 @@
-"""The real test stack: one Synapse and one oidc-provider issuer for the session.
+"""The real test stack: one Synapse, one Dendrite (when a test needs it) and one
+oidc-provider issuer for the session.
 
 Tests create their own users (random localparts), so they never see each
-other's state on the shared homeserver.
+other's state on the shared homeservers. ``stack`` runs a test once per
+(homeserver, strategy) pair that works.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import pytest
@@ -15,7 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
-from bridge.config import AppserviceConfig
+from bridge.config import AppserviceConfig, Strategy
+from tests.support.dendrite import DendriteServer, start_dendrite
 from tests.support.issuer import TestIssuer, obtain_token, start_issuer
 from tests.support.net import free_port
 from tests.support.stack import (
@@ -50,24 +56,95 @@ def plain_login_appservice() -> AppserviceConfig:
 
 
 @pytest.fixture(scope="session")
+def device_login_appservice() -> AppserviceConfig:
+    """The appservice of bridges with the device_login strategy (no MSC4190 on Synapse)."""
+    return new_appservice("matrix-oidc-bridge-dl", "oidc-bridge-dl")
+
+
+@pytest.fixture(scope="session")
 def synapse(
     tmp_path_factory: pytest.TempPathFactory,
     appservice: AppserviceConfig,
+    device_login_appservice: AppserviceConfig,
     plain_login_appservice: AppserviceConfig,
 ) -> Iterator[SynapseServer]:
+    """One Synapse with three registrations: the masquerade bridge's (MSC4190), the
+    device_login bridge's (without), and the test-only plain-login appservice."""
     workdir = tmp_path_factory.mktemp("synapse")
     reg = write_registration(appservice, workdir / "bridge-registration.yaml")
+    dl_reg = write_registration(
+        device_login_appservice, workdir / "bridge-dl-registration.yaml", strategy="device_login"
+    )
     plain = write_plain_login_registration(
         plain_login_appservice, workdir / "plain-login-registration.yaml"
     )
     server = start_synapse(
         workdir=workdir,
-        registration_files=[reg, plain],
+        registration_files=[reg, dl_reg, plain],
         server_name=SERVER_NAME,
         port=free_port(),
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def dendrite(
+    tmp_path_factory: pytest.TempPathFactory, device_login_appservice: AppserviceConfig
+) -> Iterator[DendriteServer]:
+    """Dendrite 0.13.8 with the device_login bridge's registration (started on first use)."""
+    workdir = tmp_path_factory.mktemp("dendrite")
+    reg = write_registration(
+        device_login_appservice, workdir / "bridge-registration.yaml", strategy="device_login"
+    )
+    server = start_dendrite(workdir=workdir, registration_files=[reg], server_name=SERVER_NAME)
+    yield server
+    server.stop()
+
+
+@dataclass
+class Stack:
+    """A homeserver, the strategy the bridge uses on it, and that bridge."""
+
+    homeserver: HomeserverKind
+    strategy: Strategy
+    base_url: str
+    admin_token: str
+    appservice: AppserviceConfig
+    bridge: BridgeClient
+
+
+HomeserverKind = Literal["synapse", "dendrite"]
+# Every (homeserver, strategy) pair that works: Dendrite cannot masquerade.
+STACKS: list[tuple[HomeserverKind, Strategy]] = [
+    ("synapse", "masquerade"),
+    ("synapse", "device_login"),
+    ("dendrite", "device_login"),
+]
+
+
+@pytest.fixture(params=STACKS, ids=[f"{h}-{s}" for h, s in STACKS])
+async def stack(
+    request: pytest.FixtureRequest,
+    aiohttp_client: Callable[[web.Application], Awaitable[BridgeClient]],
+    issuer: TestIssuer,
+    tmp_path: Path,
+) -> Stack:
+    """A bridge in front of each homeserver with each strategy that works there."""
+    kind, strategy = request.param
+    server: SynapseServer | DendriteServer = request.getfixturevalue(kind)
+    appservice: AppserviceConfig = request.getfixturevalue(
+        "appservice" if strategy == "masquerade" else "device_login_appservice"
+    )
+    config = bridge_config(
+        issuer=issuer,
+        homeserver_url=server.base_url,
+        appservice=appservice,
+        strategy=strategy,
+        store_path=tmp_path / "bridge.db" if strategy == "device_login" else None,
+    )
+    bridge = await aiohttp_client(create_app(config))
+    return Stack(kind, strategy, server.base_url, server.admin_token, appservice, bridge)
 
 
 MakeBridge = Callable[..., Awaitable[BridgeClient]]

@@ -7,8 +7,9 @@ import secrets
 from pathlib import Path
 
 import yaml
+from cryptography.fernet import Fernet
 
-from bridge.config import AppserviceConfig, BridgeConfig, parse_config
+from bridge.config import AppserviceConfig, BridgeConfig, Strategy, parse_config
 from bridge.homeserver.registration import registration
 from tests.support.issuer import TestIssuer
 
@@ -17,15 +18,35 @@ SERVER_NAME = "bridge.test"
 PLAIN_LOGIN_APPSERVICE_ID = "test-plain-login"
 
 
-def new_appservice() -> AppserviceConfig:
+def new_appservice(
+    id: str = "matrix-oidc-bridge", sender_localpart: str = "oidc-bridge"
+) -> AppserviceConfig:
     """Fresh random appservice tokens."""
-    return AppserviceConfig(as_token=secrets.token_urlsafe(32), hs_token=secrets.token_urlsafe(32))
+    return AppserviceConfig(
+        as_token=secrets.token_urlsafe(32),
+        hs_token=secrets.token_urlsafe(32),
+        id=id,
+        sender_localpart=sender_localpart,
+    )
 
 
-def write_registration(appservice: AppserviceConfig, path: Path) -> Path:
-    """Write the bridge's appservice registration where Synapse will load it."""
-    path.write_text(yaml.safe_dump(registration(appservice, SERVER_NAME)), encoding="utf-8")
+def write_registration(
+    appservice: AppserviceConfig, path: Path, *, strategy: Strategy = "masquerade"
+) -> Path:
+    """Write the bridge's appservice registration (for ``strategy``) where the homeserver
+    will load it."""
+    document = registration(appservice, SERVER_NAME, strategy=strategy)
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
+
+
+def store_section(path: Path) -> dict[str, object]:
+    """A SQLite store at ``path`` with a fresh key (what device_login needs)."""
+    return {
+        "kind": "sqlite",
+        "path": str(path),
+        "encryption_keys": [Fernet.generate_key().decode()],
+    }
 
 
 def new_plain_login_appservice() -> AppserviceConfig:
@@ -73,13 +94,20 @@ def bridge_config_document(
     homeserver_url: str,
     appservice: AppserviceConfig,
     public_baseurl: str = "http://127.0.0.1:8008/",
+    strategy: Strategy = "masquerade",
+    store_path: Path | None = None,
     **extra: object,
 ) -> dict[str, object]:
-    """The YAML document (as a dict) a test or the demo feeds to the bridge."""
+    """The YAML document (as a dict) a test or the demo feeds to the bridge.
+
+    ``device_login`` needs ``store_path`` (a SQLite file) unless ``extra`` has a store.
+    """
+    if store_path is not None:
+        extra = {"store": store_section(store_path), **extra}
     return {
         "server_name": SERVER_NAME,
         "public_baseurl": public_baseurl,
-        "homeserver": {"url": homeserver_url},
+        "homeserver": {"url": homeserver_url, "strategy": strategy},
         "appservice": {
             "id": appservice.id,
             "as_token": appservice.as_token,
@@ -110,7 +138,12 @@ def bridge_config(
 
 
 def served_bridge_document(
-    *, issuer: TestIssuer, homeserver_url: str, appservice: AppserviceConfig, port: int
+    *,
+    issuer: TestIssuer,
+    homeserver_url: str,
+    appservice: AppserviceConfig,
+    port: int,
+    **extra: object,
 ) -> dict[str, object]:
     """The config of a bridge that ``serve`` runs on 127.0.0.1:``port``."""
     return bridge_config_document(
@@ -119,4 +152,5 @@ def served_bridge_document(
         appservice=appservice,
         public_baseurl=f"http://127.0.0.1:{port}/",
         listen={"host": "127.0.0.1", "port": port},
+        **extra,  # type: ignore[arg-type]
     )

@@ -1,0 +1,199 @@
+"""What the homeserver supports, asked through the appservice before any user is served.
+
+Three questions decide which identity strategies can work:
+
+- **appservice login**: does ``m.login.application_service`` with a
+  ``device_id`` give a token for that device? (``device_login``; Synapse
+  refuses it to registrations with ``io.element.msc4190``.)
+- **device creation** (MSC4190): does ``PUT /devices/{id}?user_id=`` create
+  a device? (Dendrite and Conduit answer 404.)
+- **device masquerading** (MSC4326): does ``?user_id=&device_id=`` really act
+  as that device? Dendrite answers 200 and ignores it, so the probe checks
+  what ``whoami`` says, not the status.
+
+``masquerade`` needs the last two; ``device_login`` the first. The probe acts
+as the appservice's own sender user, and removes what it created.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bridge.config import BridgeConfig, Strategy
+from bridge.errors import BridgeError, ConfigError
+from bridge.homeserver.appservice import call_json
+
+log = logging.getLogger("bridge.homeserver")
+
+_V3 = "/_matrix/client/v3"
+
+
+class ProbeFailed(BridgeError):
+    """The homeserver could not be asked, or refused the appservice itself."""
+
+
+class StrategyUnsupported(ConfigError):
+    """The configured strategy cannot work with this homeserver (exit code 11)."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the homeserver answered."""
+
+    versions: tuple[str, ...]
+    appservice_login: bool
+    device_creation: bool
+    device_masquerade: bool
+
+    @property
+    def strategies(self) -> tuple[Strategy, ...]:
+        """The identity strategies that work with this homeserver and registration."""
+        found: list[Strategy] = []
+        if self.appservice_login:
+            found.append("device_login")
+        if self.device_creation and self.device_masquerade:
+            found.append("masquerade")
+        return tuple(found)
+
+    def why_not(self, strategy: Strategy) -> str:
+        """Why ``strategy`` cannot work here, in the admin's words."""
+        if strategy == "device_login":
+            return (
+                "the homeserver refuses appservice login with a device_id "
+                "(on Synapse: remove io.element.msc4190 from the registration)"
+            )
+        missing = []
+        if not self.device_creation:
+            missing.append("appservice device creation (MSC4190: PUT /devices/{id}?user_id=)")
+        if not self.device_masquerade:
+            missing.append("device masquerading (MSC4326: ?device_id= is not honoured)")
+        return "the homeserver lacks " + " and ".join(missing)
+
+    def summary(self) -> str:
+        return (
+            f"appservice login: {_yes(self.appservice_login)}; "
+            f"device creation (MSC4190): {_yes(self.device_creation)}; "
+            f"device masquerading (MSC4326): {_yes(self.device_masquerade)}; "
+            f"strategies: {', '.join(self.strategies) or 'none'}"
+        )
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+class _Homeserver:
+    def __init__(self, session: aiohttp.ClientSession, config: BridgeConfig) -> None:
+        self.session = session
+        self.base = config.homeserver.url
+        self.as_authorization = f"Bearer {config.appservice.as_token}"
+        self.timeout = aiohttp.ClientTimeout(total=config.homeserver.connect_timeout + 20)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        authorization: str | None = None,
+        params: tuple[tuple[str, str], ...] = (),
+    ) -> tuple[int, dict[str, Any]]:
+        return await call_json(
+            self.session,
+            method,
+            self.base + path,
+            authorization=authorization or self.as_authorization,
+            body=body,
+            params=params,
+            client_timeout=self.timeout,
+        )
+
+
+async def probe(session: aiohttp.ClientSession, config: BridgeConfig) -> ProbeResult:
+    """Ask the homeserver; :class:`ProbeFailed` if it cannot be reached or refuses the as_token."""
+    hs = _Homeserver(session, config)
+    try:
+        status, versions = await hs.call("GET", "/_matrix/client/versions")
+        if status != 200:
+            raise ProbeFailed(f"GET /_matrix/client/versions answered HTTP {status}")
+        status, whoami = await hs.call("GET", f"{_V3}/account/whoami")
+        sender = f"@{config.appservice.sender_localpart}:{config.server_name}"
+        if status != 200 or whoami.get("user_id") != sender:
+            raise ProbeFailed(
+                f"the homeserver does not accept the bridge's as_token as {sender} "
+                f"(HTTP {status} {whoami.get('errcode', '')}): is the registration loaded?"
+            )
+        login = await _appservice_login(hs, config.appservice.sender_localpart)
+        creation, masquerade = await _device_masquerade(hs, sender)
+    except Exception as e:
+        if isinstance(e, ProbeFailed):
+            raise
+        raise ProbeFailed(f"the homeserver could not be asked: {type(e).__name__}: {e}") from e
+    listed = versions.get("versions")
+    return ProbeResult(
+        versions=tuple(v for v in listed if isinstance(v, str)) if isinstance(listed, list) else (),
+        appservice_login=login,
+        device_creation=creation,
+        device_masquerade=masquerade,
+    )
+
+
+def _probe_device() -> str:
+    return "BRIDGEPROBE" + secrets.token_hex(4).upper()
+
+
+async def _appservice_login(hs: _Homeserver, sender_localpart: str) -> bool:
+    device_id = _probe_device()
+    status, answer = await hs.call(
+        "POST",
+        f"{_V3}/login",
+        {
+            "type": "m.login.application_service",
+            "identifier": {"type": "m.id.user", "user": sender_localpart},
+            "device_id": device_id,
+        },
+    )
+    token = answer.get("access_token")
+    if status != 200 or not isinstance(token, str):
+        return False
+    # The login's own answer names the device (whoami of the sender's token says
+    # nothing of devices on Synapse); then the probe's device is logged out again.
+    await hs.call("POST", f"{_V3}/logout", {}, authorization=f"Bearer {token}")
+    return answer.get("device_id") == device_id
+
+
+async def _device_masquerade(hs: _Homeserver, sender: str) -> tuple[bool, bool]:
+    device_id = _probe_device()
+    path = f"{_V3}/devices/{quote(device_id, safe='')}"
+    status, _ = await hs.call("PUT", path, {}, params=(("user_id", sender),))
+    if status not in (200, 201):
+        return False, False
+    try:
+        _, whoami = await hs.call(
+            "GET",
+            f"{_V3}/account/whoami",
+            params=(("user_id", sender), ("device_id", device_id)),
+        )
+        return True, whoami.get("device_id") == device_id
+    finally:
+        await hs.call("DELETE", path, {}, params=(("user_id", sender),))
+
+
+async def check_strategy(session: aiohttp.ClientSession, config: BridgeConfig) -> ProbeResult:
+    """Probe, and refuse (:class:`StrategyUnsupported`) a strategy that cannot work."""
+    result = await probe(session, config)
+    strategy = config.homeserver.strategy
+    if strategy not in result.strategies:
+        raise StrategyUnsupported(
+            "homeserver.strategy",
+            f"{strategy} cannot work with {config.homeserver.url}: {result.why_not(strategy)} "
+            f"(probe: {result.summary()})",
+        )
+    log.info("homeserver probe: %s", result.summary())
+    return result
