@@ -164,7 +164,7 @@ class FakeIssuer:
 # Homeserver
 
 
-RequestKind = Literal["register", "device", "client"]
+RequestKind = Literal["register", "device", "login", "logout", "client"]
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,12 @@ class FakeHomeserver:
         # False: the answer reads the request body itself (recorded body is then b"").
         self.read_body = True
         self.register_delay = 0.0
+        self.login_delay = 0.0
+        # Statuses for the next appservice logins, in turn; a token once they run out.
+        self.login_refusals: list[int] = []
         self._devices: set[tuple[str, str]] = set()
+        # Device tokens issued by appservice login: token -> (localpart, device_id).
+        self.device_tokens: dict[str, tuple[str, str]] = {}
 
     @classmethod
     async def start(cls, aiohttp_server: AiohttpServer) -> FakeHomeserver:
@@ -217,6 +222,8 @@ class FakeHomeserver:
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_post("/_matrix/client/v3/register", self._register)
         app.router.add_put("/_matrix/client/v3/devices/{device_id}", self._device)
+        app.router.add_post("/_matrix/client/v3/login", self._login)
+        app.router.add_post("/_matrix/client/v3/logout", self._logout)
         app.router.add_route("*", "/{tail:.*}", self._client)
         return app
 
@@ -252,6 +259,37 @@ class FakeHomeserver:
         created = key not in self._devices
         self._devices.add(key)
         return web.json_response({}, status=201 if created else 200)
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        """Appservice login issues a device token; any other login is a client request."""
+        body = await request.read()
+        submission = json.loads(body or b"{}")
+        if (
+            request.headers.get("Authorization") != f"Bearer {AS_TOKEN}"
+            or submission.get("type") != "m.login.application_service"
+        ):
+            return await self._client(request)
+        await self._record("login", request)
+        await asyncio.sleep(self.login_delay)
+        if self.login_refusals:
+            status = self.login_refusals.pop(0)
+            errcode = "M_LIMIT_EXCEEDED" if status == 429 else "M_UNKNOWN"
+            return web.json_response({"errcode": errcode, "retry_after_ms": 10}, status=status)
+        localpart = submission["identifier"]["user"]
+        device_id = submission["device_id"]
+        token = f"hs-{localpart}-{device_id}-{len(self.device_tokens)}"
+        self.device_tokens[token] = (localpart, device_id)
+        return web.json_response(
+            {"user_id": f"@{localpart}:{SERVER_NAME}", "device_id": device_id, "access_token": token}
+        )
+
+    async def _logout(self, request: web.Request) -> web.StreamResponse:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in self.device_tokens:
+            return await self._client(request)
+        await self._record("logout", request)
+        del self.device_tokens[token]
+        return web.json_response({})
 
     async def _client(self, request: web.Request) -> web.StreamResponse:
         await self._record("client", request, body=self.read_body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from bridge.errors import HomeserverUnavailable, MatrixError
 log = logging.getLogger("bridge.homeserver")
 
 _V3 = "/_matrix/client/v3"
+_RATE_LIMIT_RETRIES = 5
+_RATE_LIMIT_MAX_WAIT = 5.0
 
 
 async def call_json(
@@ -102,15 +105,25 @@ class AppserviceClient:
     async def _call(
         self, method: str, path: str, *, body: object, params: Sequence[tuple[str, str]] = ()
     ) -> tuple[int, dict[str, Any]]:
-        return await call_json(
-            self._session,
-            method,
-            self._base + path,
-            authorization=self._authorization,
-            body=body,
-            params=params,
-            client_timeout=self._timeout,
-        )
+        """One call as the appservice; a rate-limited one is tried again after the wait
+        the homeserver asks for (Dendrite limits /login and /register per address even
+        for appservices), a few times at most."""
+        for attempt in range(_RATE_LIMIT_RETRIES + 1):
+            status, answer = await call_json(
+                self._session,
+                method,
+                self._base + path,
+                authorization=self._authorization,
+                body=body,
+                params=params,
+                client_timeout=self._timeout,
+            )
+            if status != 429 or attempt == _RATE_LIMIT_RETRIES:
+                break
+            wait = answer.get("retry_after_ms")
+            delay = wait / 1000 if isinstance(wait, int | float) and wait > 0 else 0.5
+            await asyncio.sleep(min(delay, _RATE_LIMIT_MAX_WAIT))
+        return status, answer
 
     async def register_user(self, localpart: str) -> None:
         """Register ``localpart``; an existing user is fine."""
