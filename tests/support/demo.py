@@ -57,7 +57,10 @@ def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     (DEMO_DIR / "synapse").mkdir(parents=True)
     appservice = new_appservice()
-    registration = write_registration(appservice, DEMO_DIR / "registration.yaml")
+    # The default strategy: each session gets a real homeserver device and token.
+    registration = write_registration(
+        appservice, DEMO_DIR / "registration.yaml", strategy="device_login"
+    )
 
     print("starting the OIDC issuer (oidc-provider) ...", flush=True)
     issuer = start_issuer()
@@ -68,7 +71,12 @@ def main() -> int:
     bridge_port = free_port()
     bridge_url = f"http://127.0.0.1:{bridge_port}/"
     document = served_bridge_document(
-        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice, port=bridge_port
+        issuer=issuer,
+        homeserver_url=synapse.base_url,
+        appservice=appservice,
+        port=bridge_port,
+        strategy="device_login",
+        store_path=DEMO_DIR / "bridge.db",
     )
     config_path = DEMO_DIR / "bridge.yaml"
     config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
