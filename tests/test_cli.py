@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from bridge.__main__ import EXIT_CONFIG, main
+from bridge.config import load_config
+from bridge.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,3 +162,38 @@ def test_device_login_registration_allows_appservice_login(good: Path, tmp_path:
     reg = yaml.safe_load(output.read_text())
     assert "io.element.msc4190" not in reg
     assert reg["rate_limited"] is True
+
+
+async def test_rotate_key_re_encrypts_the_store_with_the_first_key(tmp_path: Path) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+    def config_with(*keys: str) -> Path:
+        doc = {
+            **GOOD,
+            "homeserver": {"url": "http://127.0.0.1:8008", "strategy": "device_login"},
+            "store": {"path": str(tmp_path / "bridge.db"), "encryption_keys": list(keys)},
+        }
+        path = tmp_path / f"bridge-{len(keys)}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    store = await open_store(load_config(config_with(old)).store)  # type: ignore[arg-type]
+    await store.save_device_token("@alice:example.org", "DEVA", "syt_secret_device_token")
+    await store.close()
+
+    result = bridge_cli("rotate-key", "-c", str(config_with(new, old)))
+    assert result.returncode == 0, result.stderr
+    assert "re-encrypted 1 device tokens" in result.stdout
+
+    # The old key can go now; without rotation, the new key alone could not read it.
+    store = await open_store(load_config(config_with(new)).store)  # type: ignore[arg-type]
+    try:
+        assert await store.device_token("@alice:example.org", "DEVA") == "syt_secret_device_token"
+    finally:
+        await store.close()
+
+
+def test_rotate_key_without_a_store_is_a_config_error(good: Path) -> None:
+    result = bridge_cli("rotate-key", "-c", str(good))
+    assert result.returncode == 11
+    assert "store" in result.stderr
