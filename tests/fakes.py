@@ -205,8 +205,8 @@ class FakeHomeserver:
         self.read_body = True
         self.register_delay = 0.0
         self.login_delay = 0.0
-        # Statuses for the next appservice logins, in turn; a token once they run out.
-        self.login_refusals: list[int] = []
+        # (status, errcode) for the next appservice logins, in turn; tokens after them.
+        self.login_refusals: list[tuple[int, str]] = []
         self._devices: set[tuple[str, str]] = set()
         # Device tokens issued by appservice login: token -> (localpart, device_id).
         self.device_tokens: dict[str, tuple[str, str]] = {}
@@ -272,15 +272,18 @@ class FakeHomeserver:
         await self._record("login", request)
         await asyncio.sleep(self.login_delay)
         if self.login_refusals:
-            status = self.login_refusals.pop(0)
-            errcode = "M_LIMIT_EXCEEDED" if status == 429 else "M_UNKNOWN"
+            status, errcode = self.login_refusals.pop(0)
             return web.json_response({"errcode": errcode, "retry_after_ms": 10}, status=status)
         localpart = submission["identifier"]["user"]
         device_id = submission["device_id"]
         token = f"hs-{localpart}-{device_id}-{len(self.device_tokens)}"
         self.device_tokens[token] = (localpart, device_id)
         return web.json_response(
-            {"user_id": f"@{localpart}:{SERVER_NAME}", "device_id": device_id, "access_token": token}
+            {
+                "user_id": f"@{localpart}:{SERVER_NAME}",
+                "device_id": device_id,
+                "access_token": token,
+            }
         )
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:

@@ -183,7 +183,12 @@ class AppserviceClient:
                 # does not would give the session someone else's device.
                 raise MatrixError("The homeserver logged in another device", status=502)
             return token
-        log.error("homeserver refused appservice login: HTTP %s %s", status, answer.get("errcode"))
+        errcode = answer.get("errcode")
+        if errcode == "M_USER_DEACTIVATED":
+            AccountState(deactivated=True).raise_if_barred(write=False)
+        if errcode == "M_USER_LOCKED":
+            AccountState(locked=True).raise_if_barred(write=False)
+        log.error("homeserver refused appservice login: HTTP %s %s", status, errcode)
         raise MatrixError(
             "The homeserver refused to log this device in", errcode="M_UNKNOWN", status=502
         )

@@ -153,7 +153,7 @@ async def test_the_client_never_sees_the_homeservers_401(
 async def test_rate_limited_logins_are_tried_again(
     bridge: BridgeClient, homeserver: FakeHomeserver
 ) -> None:
-    homeserver.login_refusals = [429, 429]
+    homeserver.login_refusals = [(429, "M_LIMIT_EXCEEDED")] * 2
     assert (await bridge.get(WHOAMI, headers=bearer())).status == 200
     assert len(homeserver.of_kind("login")) == 3
 
@@ -161,7 +161,7 @@ async def test_rate_limited_logins_are_tried_again(
 async def test_a_refused_login_is_502_and_not_kept(
     bridge: BridgeClient, homeserver: FakeHomeserver
 ) -> None:
-    homeserver.login_refusals = [403]
+    homeserver.login_refusals = [(403, "M_FORBIDDEN")]
     resp = await bridge.get(WHOAMI, headers=bearer())
     assert resp.status == 502
     assert (await resp.json())["errcode"] == "M_UNKNOWN"
@@ -202,3 +202,15 @@ def _once(first: Callable[..., Awaitable[Any]], then: Callable[..., Awaitable[An
         return await then(request)
 
     return answer
+
+
+@pytest.mark.parametrize(
+    ("errcode", "status"), [("M_USER_DEACTIVATED", 403), ("M_USER_LOCKED", 401)]
+)
+async def test_a_login_refused_for_the_accounts_state_says_so(
+    bridge: BridgeClient, homeserver: FakeHomeserver, errcode: str, status: int
+) -> None:
+    homeserver.login_refusals = [(403, errcode)]
+    resp = await bridge.get(WHOAMI, headers=bearer())
+    assert resp.status == status
+    assert (await resp.json())["errcode"] == errcode
