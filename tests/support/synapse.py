@@ -100,6 +100,7 @@ class SynapseServer:
     admin_token: str
     workdir: Path
     process: subprocess.Popen[bytes] = field(repr=False)
+    python: Path = field(default=DEFAULT_SYNAPSE_PYTHON, repr=False)
 
     def stop(self) -> None:
         """Stop Synapse: SIGTERM, wait up to 10 s, then SIGKILL."""
@@ -115,6 +116,39 @@ class SynapseServer:
     def log_tail(self, lines: int = 50) -> str:
         """Return the last ``lines`` lines of homeserver.log (for debugging failed tests)."""
         return _tail(self.workdir / "homeserver.log", lines)
+
+    def restart(self, *, wipe: bool = False) -> None:
+        """Stop Synapse and start it again on the same port, with the same
+        homeserver.yaml and signing key.
+
+        ``wipe=True`` first deletes its database (every user, device, token and
+        room is gone, as after restoring an empty backup) and creates the admin
+        user again (``admin_token`` changes); the media store is kept.
+        """
+        self.stop()
+        if wipe:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (self.workdir / f"homeserver.db{suffix}").unlink(missing_ok=True)
+        config_path = self.workdir / "homeserver.yaml"
+        self.process = _spawn(self.python, config_path, self.workdir)
+        try:
+            wait_http(
+                f"{self.base_url}/_matrix/client/versions",
+                timeout=90,
+                is_alive=lambda: self.process.poll() is None,
+            )
+            if wipe:
+                config = yaml.safe_load(config_path.read_text())
+                self.admin_user_id, self.admin_token = _register_admin(
+                    self.base_url, str(config["registration_shared_secret"])
+                )
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(
+                f"Synapse failed to restart ({exc})\n--- synapse.out ---\n"
+                f"{_tail(self.workdir / 'synapse.out', 30)}\n"
+                f"--- homeserver.log ---\n{self.log_tail(30)}"
+            ) from exc
 
 
 def _write_config(
@@ -207,6 +241,18 @@ def _register_admin(base_url: str, shared_secret: str) -> tuple[str, str]:
     return str(answer["user_id"]), str(answer["access_token"])
 
 
+def _spawn(python: Path, config: Path, workdir: Path) -> subprocess.Popen[bytes]:
+    """Run Synapse on ``config``, its output appended to ``workdir/synapse.out``."""
+    with (workdir / "synapse.out").open("ab") as out:
+        return subprocess.Popen(
+            [str(python), "-m", "synapse.app.homeserver", "-c", str(config)],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def start_synapse(
     *,
     workdir: Path,
@@ -238,14 +284,7 @@ def start_synapse(
     subprocess.run([str(python), "-c", _KEYGEN, str(workdir / "signing.key")], check=True)
 
     output = workdir / "synapse.out"
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [str(python), "-m", "synapse.app.homeserver", "-c", str(config)],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = _spawn(python, config, workdir)
     server = SynapseServer(
         base_url=base_url,
         server_name=server_name,
@@ -253,6 +292,7 @@ def start_synapse(
         admin_token="",
         workdir=workdir,
         process=process,
+        python=python,
     )
     try:
         wait_http(
