@@ -1,7 +1,10 @@
 """Differential tests: through the bridge a user can do no more than with a plain token.
 
-The bridge acts on Synapse with appservice identity (``as_token`` + ``user_id`` +
-``device_id``), and Synapse relaxes many checks for appservices. Each case below is
+Under ``masquerade`` the bridge acts on Synapse with appservice identity (``as_token``
++ ``user_id`` + ``device_id``), and Synapse relaxes many checks for appservices;
+under ``device_login`` it forwards with a device token of its own per (user, device),
+obtained by appservice login, which must be worth no more than a plain token either.
+The whole table runs under each strategy (``STRATEGIES``). Each case below is
 a request a normal user must not be able to make (or, as a control, one they may).
 It is sent twice, each time in a fresh world of its own (new attacker and victim
 users, new rooms): once through the bridge with the attacker's OAuth token, and once
@@ -30,22 +33,24 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
-from bridge.config import AppserviceConfig
+from bridge.app import create_app
+from bridge.config import AppserviceConfig, Strategy
 from tests.integration.conftest import (
     BridgeClient,
     Login,
-    MakeBridge,
     PlainLogin,
     auth,
     new_localpart,
 )
-from tests.support.stack import PLAIN_LOGIN_APPSERVICE_ID, SERVER_NAME
+from tests.support.issuer import TestIssuer
+from tests.support.stack import PLAIN_LOGIN_APPSERVICE_ID, SERVER_NAME, bridge_config
 from tests.support.synapse import SynapseServer
 
 # The identity strategies that have landed; each runs the whole table.
-STRATEGIES = ["masquerade"]
+STRATEGIES: list[Strategy] = ["masquerade", "device_login"]
 # DIFF_DUMP=<file> appends both outcomes of every case there, agreeing ones too,
 # for checking by hand what each side did.
 DUMP = os.environ.get("DIFF_DUMP", "")
@@ -1834,24 +1839,45 @@ async def _(w: World) -> Outcome:
 
 
 @pytest.fixture(params=STRATEGIES)
-def strategy(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def strategy(request: pytest.FixtureRequest) -> Strategy:
+    strategy: Strategy = request.param
+    return strategy
+
+
+@pytest.fixture
+def bridge_appservice(request: pytest.FixtureRequest, strategy: Strategy) -> AppserviceConfig:
+    """The appservice of the bridge under test: each strategy has its own registration on
+    the session's Synapse (masquerade's has MSC4190, device_login's does not)."""
+    name = "appservice" if strategy == "masquerade" else "device_login_appservice"
+    appservice: AppserviceConfig = request.getfixturevalue(name)
+    return appservice
 
 
 @pytest.fixture
 async def strategy_bridge(
-    make_bridge: MakeBridge, synapse: SynapseServer, strategy: str
+    aiohttp_client: Callable[[web.Application], Awaitable[BridgeClient]],
+    issuer: TestIssuer,
+    synapse: SynapseServer,
+    bridge_appservice: AppserviceConfig,
+    strategy: Strategy,
+    tmp_path: Path,
 ) -> BridgeClient:
-    """The bridge, acting on Synapse with the identity strategy under test."""
-    if strategy == STRATEGIES[0]:
-        return await make_bridge()  # the default: the stack's own bridge configuration
-    return await make_bridge(homeserver={"url": synapse.base_url, "strategy": strategy})
+    """The bridge, acting on Synapse with the identity strategy under test (configured
+    as the ``stack`` fixture configures it)."""
+    config = bridge_config(
+        issuer=issuer,
+        homeserver_url=synapse.base_url,
+        appservice=bridge_appservice,
+        strategy=strategy,
+        store_path=tmp_path / "bridge.db" if strategy == "device_login" else None,
+    )
+    return await aiohttp_client(create_app(config))
 
 
 @pytest.fixture
-def appservice_id(appservice: AppserviceConfig) -> str:
+def appservice_id(bridge_appservice: AppserviceConfig) -> str:
     """The bridge's own appservice ID (for the appservice-only endpoints)."""
-    return appservice.id
+    return bridge_appservice.id
 
 
 def _dump(text: str) -> None:
