@@ -197,3 +197,37 @@ def test_rotate_key_without_a_store_is_a_config_error(good: Path) -> None:
     result = bridge_cli("rotate-key", "-c", str(good))
     assert result.returncode == 11
     assert "store" in result.stderr
+
+
+async def test_serve_with_a_key_that_cannot_read_the_store_exits_11(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.db"
+    store = await open_store(
+        load_config(_store_config(tmp_path, path, Fernet.generate_key().decode())).store  # type: ignore[arg-type]
+    )
+    await store.save_device_token("@alice:example.org", "DEVA", "syt_secret")
+    await store.close()
+
+    result = bridge_cli(
+        "serve", "-c", str(_store_config(tmp_path, path, Fernet.generate_key().decode()))
+    )
+    assert result.returncode == 11, result.stderr
+    assert "store.encryption_keys" in result.stderr
+    assert "syt_secret" not in result.stderr + result.stdout
+
+
+def _store_config(tmp_path: Path, db: Path, key: str) -> Path:
+    doc = {
+        **GOOD,
+        # Loopback only, and nothing listens there: nothing is asked of either.
+        "issuer": {**GOOD["issuer"], "issuer": "http://127.0.0.1:9/"},
+        "homeserver": {
+            "url": "http://127.0.0.1:9",
+            "strategy": "device_login",
+            "probe_at_start": False,
+        },
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "store": {"path": str(db), "encryption_keys": [key]},
+    }
+    path = tmp_path / f"serve-{key[:6]}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path

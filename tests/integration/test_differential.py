@@ -976,7 +976,8 @@ async def _(w: World) -> Outcome:
         "app_display_name": "diff",
         "device_display_name": "diff",
         "lang": "en",
-        "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+        # Loopback, nothing listening: the tests reach no other address, ever.
+        "data": {"url": "http://127.0.0.1:9/_matrix/push/v1/notify"},
         "x": injected(w),
     }
     reply = await w.attack(
