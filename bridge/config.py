@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from bridge.errors import ConfigError
 
 IntrospectionAuth = Literal["client_secret_basic", "client_secret_post", "mas_shared_secret"]
+IssuerKind = Literal["oidc", "mas"]
 Strategy = Literal["device_login", "masquerade"]
 StoreKind = Literal["sqlite", "postgres"]
 
@@ -100,6 +101,10 @@ class IssuerConfig:
 
     issuer: str
     introspection: IntrospectionConfig
+    # mas: matrix-authentication-service (matrix.kind: synapse). The bridge then
+    # serves MAS's homeserver provisioning API (/_synapse/mas/*), authenticated
+    # by MAS's matrix.secret, which is also introspection.client_secret.
+    kind: IssuerKind = "oidc"
     account_management_url: str | None = None
     localpart_claim: str = "username"
     metadata_refresh_interval: float = 300.0
@@ -333,6 +338,7 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
     audiences = sec.text_list("audiences")
     client_ids = sec.text_list("client_ids")
     max_inflight = sec.integer("max_inflight", 64, minimum=1)
+    kind = cast(IssuerKind, sec.choice("kind", ("oidc", "mas"), "oidc"))
 
     intro = sec.section("introspection")
     auth = cast(
@@ -344,6 +350,11 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
         ),
     )
     client_id = intro.opt_text("client_id")
+    if kind == "mas" and auth != "mas_shared_secret":
+        raise ConfigError(
+            intro.key("auth"),
+            "must be mas_shared_secret with issuer.kind: mas (MAS's matrix.secret)",
+        )
     if auth != "mas_shared_secret" and client_id is None:
         raise ConfigError(intro.key("client_id"), f"is required with auth: {auth}")
     introspection = IntrospectionConfig(
@@ -357,6 +368,7 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
     return IssuerConfig(
         issuer=issuer,
         introspection=introspection,
+        kind=kind,
         account_management_url=account,
         localpart_claim=claim,
         metadata_refresh_interval=refresh,
