@@ -18,7 +18,6 @@ as the appservice's own sender user, and removes what it created.
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -92,6 +91,7 @@ class _Homeserver:
     def __init__(self, session: aiohttp.ClientSession, config: BridgeConfig) -> None:
         self.session = session
         self.base = config.homeserver.url
+        self.server_name = config.server_name
         self.as_authorization = f"Bearer {config.appservice.as_token}"
         self.timeout = aiohttp.ClientTimeout(total=config.homeserver.connect_timeout + 20)
 
@@ -144,12 +144,14 @@ async def probe(session: aiohttp.ClientSession, config: BridgeConfig) -> ProbeRe
     )
 
 
-def _probe_device() -> str:
-    return "BRIDGEPROBE" + secrets.token_hex(4).upper()
+# Fixed device IDs: whatever a homeserver fails to remove after a probe is the
+# same device the next probe uses, never one more per start.
+_LOGIN_PROBE_DEVICE = "MATRIXOIDCBRIDGEPROBE"
+_MASQUERADE_PROBE_DEVICE = "MATRIXOIDCBRIDGEPROBE2"
 
 
 async def _appservice_login(hs: _Homeserver, sender_localpart: str) -> bool:
-    device_id = _probe_device()
+    device_id = _LOGIN_PROBE_DEVICE
     status, answer = await hs.call(
         "POST",
         f"{_V3}/login",
@@ -163,13 +165,22 @@ async def _appservice_login(hs: _Homeserver, sender_localpart: str) -> bool:
     if status != 200 or not isinstance(token, str):
         return False
     # The login's own answer names the device (whoami of the sender's token says
-    # nothing of devices on Synapse); then the probe's device is logged out again.
-    await hs.call("POST", f"{_V3}/logout", {}, authorization=f"Bearer {token}")
+    # nothing of devices on Synapse); then the probe's device goes again: logged out
+    # (Dendrite), else deleted as the appservice (Synapse refuses the sender's
+    # logout, and deletes devices for appservices without interactive auth).
+    status, _ = await hs.call("POST", f"{_V3}/logout", {}, authorization=f"Bearer {token}")
+    if status != 200:
+        await hs.call(
+            "DELETE",
+            f"{_V3}/devices/{device_id}",
+            {},
+            params=(("user_id", f"@{sender_localpart}:{hs.server_name}"),),
+        )
     return answer.get("device_id") == device_id
 
 
 async def _device_masquerade(hs: _Homeserver, sender: str) -> tuple[bool, bool]:
-    device_id = _probe_device()
+    device_id = _MASQUERADE_PROBE_DEVICE
     path = f"{_V3}/devices/{quote(device_id, safe='')}"
     status, _ = await hs.call("PUT", path, {}, params=(("user_id", sender),))
     if status not in (200, 201):
