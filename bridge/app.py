@@ -15,6 +15,7 @@ from aiohttp import web
 from bridge import __version__
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.middleware import auth_middleware
+from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.auth.verifier import ClaimRules, IntrospectionVerifier
 from bridge.config import BridgeConfig
 from bridge.errors import IssuerUnavailable, error_middleware
@@ -22,15 +23,24 @@ from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.device_login import DeviceLogin
 from bridge.homeserver.masquerade import Masquerade
 from bridge.homeserver.probe import check_strategy
+from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.introspection import Introspector
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.proxy import Forwarder
-from bridge.routes import client, discovery, well_known
+from bridge.routes import client, discovery, mas_api, well_known
 from bridge.routes.cors import add_cors_headers, preflight_middleware
 from bridge.routes.refused import refused_middleware
-from bridge.state import AUTHENTICATOR, CONFIG, FORWARDER, ISSUER_METADATA, STORE
+from bridge.state import (
+    AUTHENTICATOR,
+    CONFIG,
+    FORWARDER,
+    ISSUER_METADATA,
+    PROVISIONING,
+    RESET_APPROVALS,
+    STORE,
+)
 from bridge.store import open_store
 
 log = logging.getLogger("bridge.app")
@@ -112,6 +122,10 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
             config.appservice.as_token.encode(), b"matrix-oidc-bridge txnId", hashlib.sha256
         ).digest()
         app[FORWARDER] = Forwarder(session, config.homeserver, strategy, txn_key)
+        if config.issuer.kind == "mas":
+            app[PROVISIONING] = Provisioning(
+                appservice, strategy, app[AUTHENTICATOR], app[RESET_APPROVALS], config
+            )
         yield
 
 
@@ -121,6 +135,7 @@ def create_app(config: BridgeConfig) -> web.Application:
         middlewares=[error_middleware, preflight_middleware, refused_middleware, auth_middleware]
     )
     app[CONFIG] = config
+    app[RESET_APPROVALS] = CrossSigningResetApprovals()
     app.cleanup_ctx.append(probe_homeserver)
     app.cleanup_ctx.append(issuer_client)
     app.cleanup_ctx.append(store)
@@ -128,5 +143,8 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.on_response_prepare.append(add_cors_headers)
     well_known.add_routes(app)
     discovery.add_routes(app)
+    if config.issuer.kind == "mas":
+        # Authenticated by MAS's shared secret, not by the client auth middleware.
+        mas_api.add_routes(app)
     client.add_routes(app)
     return app

@@ -10,6 +10,7 @@ Hierarchy::
           ├── BadRequest            400 (M_INVALID_PARAM unless told otherwise)
           ├── Forbidden             403 M_FORBIDDEN
           ├── NotFound              404 M_UNRECOGNIZED
+          ├── CannotBeDone          404 M_UNRECOGNIZED: not on this homeserver, through the gateway
           ├── IssuerUnavailable     503 M_UNKNOWN + Retry-After (never a 401)
           └── HomeserverUnavailable 502 / 504 M_UNKNOWN
 
@@ -99,6 +100,17 @@ class Forbidden(MatrixError):
 class NotFound(MatrixError):
     status = 404
     errcode = "M_UNRECOGNIZED"
+
+
+class CannotBeDone(MatrixError):
+    """Something the homeserver cannot be made to do through the appservice (MAS's
+    provisioning API): answered as Synapse answers a request it has no handler for."""
+
+    status = 404
+    errcode = "M_UNRECOGNIZED"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} cannot be done on this homeserver through the gateway")
 
 
 class IssuerUnavailable(MatrixError):

@@ -26,7 +26,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.message import EmailMessage
 from typing import Any
 
@@ -93,6 +93,10 @@ _TXN_PATH = re.compile(
 _CHUNK = 64 * 1024
 # Media types whose bodies a homeserver may read as query arguments.
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+# A JSON object answer in, a JSON object answer out (see Forwarder.forward).
+RewriteJSON = Callable[[dict[str, Any]], dict[str, Any]]
+# Set anew on a rewritten answer.
+_REWRITTEN_HEADERS = frozenset({"content-length", "content-type", "content-encoding"})
 
 
 def refuse_form_body(headers: CIMultiDictProxy[str]) -> None:
@@ -165,10 +169,15 @@ class Forwarder:
         return base64.urlsafe_b64encode(digest).decode()
 
     def upstream_url(
-        self, request: web.Request, identity: Identity | None, params: list[tuple[str, str]]
+        self,
+        request: web.Request,
+        identity: Identity | None,
+        params: list[tuple[str, str]],
+        *,
+        appservice: bool = False,
     ) -> URL:
         raw_path = request.rel_url.raw_path
-        stripped = self._stripped
+        stripped = STRIPPED_QUERY if appservice else self._stripped
         if "ts" in stripped and _TS_IS_A_PARAMETER.match(raw_path):
             stripped = stripped - {"ts"}
         query: MultiDict[str] = MultiDict(
@@ -196,11 +205,13 @@ class Forwarder:
         return headers
 
     async def _credentials(
-        self, identity: Identity | None, *, write: bool = False
+        self, identity: Identity | None, *, write: bool = False, appservice: bool = False
     ) -> tuple[str | None, list[tuple[str, str]]]:
         if identity is None:
             return None, []
         await self._strategy.prepare(identity, write=write)
+        if appservice:
+            return self._strategy.appservice_credentials(identity)
         return self._strategy.credentials(identity)
 
     async def call_as(
@@ -231,12 +242,23 @@ class Forwarder:
         identity: Identity | None,
         *,
         body: bytes | None = None,
+        rewrite: RewriteJSON | None = None,
+        appservice: bool = False,
     ) -> web.StreamResponse:
         """Send ``request`` upstream and stream the answer back.
 
         ``body`` replaces the request body when the bridge had to read it
         (a ``/login`` it inspected); otherwise a small body is read first, so
         that the request can be sent again, and a large one is streamed.
+
+        ``rewrite`` changes a small 200 JSON-object answer before it is sent on
+        (the homeserver is then asked for it uncompressed); any other answer
+        passes through as usual.
+
+        ``appservice`` sends this one request with the appservice's power for
+        the user, whatever the strategy (a request the bridge has authorised
+        itself: an approved cross-signing reset); the client's identity-bearing
+        query parameters are then stripped as they are under ``masquerade``.
 
         When the homeserver answers that it lost the user, device or token
         the bridge provisioned, the strategy provisions them again and the
@@ -250,8 +272,20 @@ class Forwarder:
         retryable = body is not None or not request.body_exists
         write = request.method not in _SAFE_METHODS
         for attempt in (0, 1):
-            authorization, params = await self._credentials(identity, write=write)
-            upstream = await self._send(request, identity, authorization, params, body)
+            authorization, params = await self._credentials(
+                identity, write=write, appservice=appservice
+            )
+            upstream = await self._send(
+                request,
+                identity,
+                authorization,
+                params,
+                body,
+                compressed=rewrite is None,
+                appservice=appservice,
+            )
+            if rewrite is not None and upstream.status == 200:
+                return await self._rewrite_back(request, upstream, rewrite)
             if identity is None or upstream.status not in _LOST_STATUSES:
                 return await self._stream_back(request, upstream)
             error = await _read_small(upstream)
@@ -279,17 +313,22 @@ class Forwarder:
         authorization: str | None,
         params: list[tuple[str, str]],
         body: bytes | None,
+        *,
+        compressed: bool = True,
+        appservice: bool = False,
     ) -> aiohttp.ClientResponse:
         data: bytes | aiohttp.StreamReader | None = body
         if body is None and request.body_exists:
             data = request.content
         headers = self.upstream_headers(request, authorization)
+        if not compressed:
+            headers.popall("Accept-Encoding", None)
         if body is not None:
             headers["Content-Length"] = str(len(body))
         try:
             return await self._session.request(
                 request.method,
-                self.upstream_url(request, identity, params),
+                self.upstream_url(request, identity, params, appservice=appservice),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -300,6 +339,28 @@ class Forwarder:
         except aiohttp.ClientError as e:
             log.warning("homeserver request failed: %s", type(e).__name__)
             raise HomeserverUnavailable("The homeserver is unreachable") from e
+
+    async def _rewrite_back(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, rewrite: RewriteJSON
+    ) -> web.StreamResponse:
+        """A small JSON-object answer, rewritten; anything else streamed back as it is."""
+        body = await _read_small(upstream)
+        encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity"
+        if body is None or len(body) > _SMALL_BODY or encoded:
+            return await self._stream_back(request, upstream, prefix=body)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            return await self._stream_back(request, upstream, prefix=body)
+        upstream.release()
+        response = web.json_response(rewrite(answer), status=upstream.status)
+        drop = _hop_by_hop(upstream.headers.items()) | _REWRITTEN_HEADERS
+        for name, value in upstream.headers.items():
+            if name.lower() not in drop:
+                response.headers.add(name, value)
+        return response
 
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, prefix: bytes | None = None

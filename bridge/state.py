@@ -6,7 +6,9 @@ from aiohttp import web
 
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import Identity
+from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.config import BridgeConfig
+from bridge.homeserver.provisioning import Provisioning
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.proxy import Forwarder
 from bridge.store import Store
@@ -16,6 +18,10 @@ ISSUER_METADATA = web.AppKey("issuer_metadata", IssuerMetadata)
 AUTHENTICATOR = web.AppKey("authenticator", CachedAuthenticator)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 STORE = web.AppKey("store", Store)
+# Cross-signing resets MAS approved (allow_cross_signing_reset), consumed by the upload.
+RESET_APPROVALS = web.AppKey("reset_approvals", CrossSigningResetApprovals)
+# MAS's provisioning API, only with issuer.kind: mas.
+PROVISIONING = web.AppKey("provisioning", Provisioning)
 
 # The normalised path (bridge.paths.normalize), set by the first routing middleware.
 PATH: web.RequestKey[str] = web.RequestKey("path")

@@ -5,6 +5,12 @@ kept for min(configured maximum, time left on the token); a negative one for
 a short while, in a cache of its own, so that any number of made-up tokens
 can never push a live session out; an issuer failure is never kept.
 Concurrent requests with the same unknown token share one verification.
+
+Cached sessions are indexed by user and device, so that when the
+authentication service ends a device or a user (MAS's ``delete_device``,
+``sync_devices``, ``delete_user``) every cached token of it stops working at
+once, not when its entry expires (:meth:`CachedAuthenticator.forget_device`,
+:meth:`CachedAuthenticator.forget_user`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,14 @@ class CachedAuthenticator:
             timer=time.monotonic,
         )
         self._inflight: SingleFlight[bytes, Verdict] = SingleFlight()
+        # user → device → keys of its cached sessions. Entries the cache evicted
+        # on its own linger until the index is rebuilt (when it has grown to
+        # twice the cache's size) or their device is forgotten.
+        self._sessions: dict[str, dict[str, set[bytes]]] = {}
+        self._indexed = 0
+        # Bumped by every forget: a verification that was running meanwhile is
+        # answered but not cached, so it cannot bring a forgotten session back.
+        self._generation = 0
         self.hits = 0
         self.misses = 0
 
@@ -72,7 +86,44 @@ class CachedAuthenticator:
         self._cache.pop(key, None)
         self._negative.pop(key, None)
 
+    def forget_device(self, user_id: str, device_id: str) -> int:
+        """Drop every cached session of the device; how many there were."""
+        self._generation += 1
+        devices = self._sessions.get(user_id)
+        keys = devices.pop(device_id, set()) if devices is not None else set()
+        if devices is not None and not devices:
+            del self._sessions[user_id]
+        return self._drop(keys)
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop every cached session of every device of the user; how many there were."""
+        self._generation += 1
+        devices = self._sessions.pop(user_id, {})
+        return self._drop(set().union(*devices.values()))
+
+    def _drop(self, keys: set[bytes]) -> int:
+        self._indexed -= len(keys)
+        return sum(self._cache.pop(key, None) is not None for key in keys)
+
+    def _index(self, key: bytes, identity: Identity) -> None:
+        if self._indexed >= 2 * self._config.max_size:
+            self._reindex()
+        devices = self._sessions.setdefault(identity.user_id, {})
+        keys = devices.setdefault(identity.device_id, set())
+        if key not in keys:
+            keys.add(key)
+            self._indexed += 1
+
+    def _reindex(self) -> None:
+        """Rebuild the index from what the cache still holds."""
+        self._sessions = {}
+        self._indexed = 0
+        for key, (verdict, _deadline) in list(self._cache.items()):
+            if verdict.identity is not None:
+                self._index(key, verdict.identity)
+
     async def _verify_and_keep(self, key: bytes, token: str) -> Verdict:
+        generation = self._generation
         verdict = await self._verifier.verify(token)
         if verdict.identity is None:
             if self._config.negative_ttl > 0:
@@ -81,6 +132,7 @@ class CachedAuthenticator:
         ttl = self._config.max_ttl
         if verdict.expires_at is not None:
             ttl = min(ttl, verdict.expires_at - time.time())
-        if ttl > 0:
+        if ttl > 0 and generation == self._generation:
             self._cache[key] = (verdict, time.monotonic() + ttl)
+            self._index(key, verdict.identity)
         return verdict

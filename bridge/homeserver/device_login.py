@@ -8,6 +8,12 @@ then forwarded with ``Authorization: Bearer <that token>`` and nothing else,
 so the homeserver applies exactly the rules it applies to any user: no
 appservice shortcuts, no shared transaction-ID cache, nothing to inject.
 
+With ``issuer.kind: mas`` devices are logged in when MAS provisions them
+(:meth:`DeviceLogin.upsert_device`), not on first sight: a token whose device
+has no kept token and does not exist on the homeserver is refused (401), as
+Synapse does in MAS mode. (A device that exists without a kept token, e.g.
+after the store was lost, is logged in again.)
+
 Exactly one login per device, across processes and hosts sharing the store:
 the check-login-save sequence runs under the store's login lock. That
 matters beyond tidiness: Conduit and conduwuit invalidate a device's previous
@@ -17,14 +23,18 @@ token when it logs in again.
 from __future__ import annotations
 
 import hmac
+import logging
 
 from cachetools import LRUCache
 
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
-from bridge.homeserver.appservice import AppserviceClient
+from bridge.errors import UnknownToken
+from bridge.homeserver.appservice import AppserviceClient, device_path, refused_by_homeserver
 from bridge.singleflight import SingleFlight
 from bridge.store import Store
+
+log = logging.getLogger("bridge.homeserver")
 
 
 class DeviceLogin:
@@ -35,10 +45,12 @@ class DeviceLogin:
     def __init__(self, appservice: AppserviceClient, store: Store, config: BridgeConfig) -> None:
         self._appservice = appservice
         self._store = store
+        self._as_authorization = f"Bearer {config.appservice.as_token}"
         self._tokens: LRUCache[Identity, str] = LRUCache(
             maxsize=config.homeserver.provisioning_cache_size
         )
         self._inflight: SingleFlight[Identity, None] = SingleFlight()
+        self._provisions_on_sight = config.issuer.kind != "mas"
 
     async def prepare(self, identity: Identity, *, write: bool = False) -> None:
         if identity in self._tokens:
@@ -51,6 +63,9 @@ class DeviceLogin:
     def credentials(self, identity: Identity) -> tuple[str, list[tuple[str, str]]]:
         return f"Bearer {self._tokens[identity]}", []
 
+    def appservice_credentials(self, identity: Identity) -> tuple[str, list[tuple[str, str]]]:
+        return self._as_authorization, [("user_id", identity.user_id)]
+
     async def end_device(self, identity: Identity) -> None:
         """A session ended on purpose: log its homeserver token out and forget it."""
         self._tokens.pop(identity, None)
@@ -59,6 +74,60 @@ class DeviceLogin:
             if token is not None:
                 await self._appservice.logout(token)
                 await self._store.delete_device(identity.user_id, identity.device_id)
+
+    async def upsert_device(self, identity: Identity, display_name: str | None) -> bool:
+        """Log the device in (keeping its token) unless a token is kept for it already."""
+        user_id, device_id = identity.user_id, identity.device_id
+        created = False
+        async with self._store.login_lock(user_id, device_id):
+            token = await self._store.device_token(user_id, device_id)
+            if token is not None and not await self._appservice.device_exists(user_id, device_id):
+                token = None  # the homeserver lost it: the kept token is dead
+            if token is None:
+                token = await self._appservice.login(identity.localpart, device_id, display_name)
+                await self._store.save_device_token(user_id, device_id, token)
+                created = True
+        self._tokens[identity] = token
+        if not created and display_name is not None:
+            await self.rename_device(identity, display_name)
+        return created
+
+    async def rename_device(self, identity: Identity, display_name: str) -> bool:
+        """With the device's own token (``PUT /devices/{id}``); a device without a kept
+        token is renamed as the user through the appservice."""
+        token = await self._store.device_token(identity.user_id, identity.device_id)
+        if token is not None:
+            status, answer = await self._appservice.call_with_token(
+                token, "PUT", device_path(identity.device_id), {"display_name": display_name}
+            )
+            if status in (200, 404):
+                return status == 200
+            if status != 401:  # 401: a dead token; the appservice can still do it
+                raise refused_by_homeserver(status, answer, "The homeserver refused the rename")
+        if not await self._appservice.device_exists(identity.user_id, identity.device_id):
+            return False
+        status, answer = await self._appservice.put_device(
+            identity.user_id, identity.device_id, display_name
+        )
+        if status not in (200, 201):
+            raise refused_by_homeserver(status, answer, "The homeserver refused the rename")
+        return True
+
+    async def delete_device(self, identity: Identity) -> None:
+        """Log the kept token out (the homeserver deletes its device) and forget it; a
+        device the bridge has no token for is deleted through the appservice."""
+        await self.end_device(identity)
+        if await self._appservice.device_exists(identity.user_id, identity.device_id):
+            await self._appservice.delete_device(identity.user_id, identity.device_id)
+
+    async def devices_of(self, user_id: str) -> set[str]:
+        return await self._appservice.devices_of(user_id)
+
+    async def forget_user(self, user_id: str) -> None:
+        for identity in [i for i in self._tokens if i.user_id == user_id]:
+            self._tokens.pop(identity, None)
+        for device_id in await self._store.devices_of(user_id):
+            await self._store.delete_device(user_id, device_id)
 
     async def _obtain(self, identity: Identity, failed: str | None) -> None:
         """Load the kept token, or log in; ``failed`` is a token the homeserver refused."""
@@ -72,7 +141,21 @@ class DeviceLogin:
                 if token is None or (
                     failed is not None and hmac.compare_digest(f"Bearer {token}", failed)
                 ):
-                    await self._appservice.register_user(identity.localpart)
-                    token = await self._appservice.login(identity.localpart, device_id)
-                    await self._store.save_device_token(user_id, device_id, token)
+                    token = await self._log_in(identity)
+                    if token is None:
+                        await self._store.delete_device(user_id, device_id)
+                    else:
+                        await self._store.save_device_token(user_id, device_id, token)
+        if token is None:
+            # MAS never provisioned this device, or deleted it.
+            raise UnknownToken("Token is not active")
         self._tokens[identity] = token
+
+    async def _log_in(self, identity: Identity) -> str | None:
+        """A new token for the device; None under ``issuer.kind: mas`` when the device
+        does not exist (only MAS creates devices then)."""
+        if self._provisions_on_sight:
+            await self._appservice.register_user(identity.localpart)
+        elif not await self._appservice.device_exists(identity.user_id, identity.device_id):
+            return None
+        return await self._appservice.login(identity.localpart, identity.device_id)

@@ -6,6 +6,10 @@ an admin, a restored database) is provisioned again as soon as the
 homeserver says so (:meth:`Masquerade.heal`), and in any case after
 ``provisioning_cache_ttl``.
 
+With ``issuer.kind: mas`` the pair is not provisioned but looked up: MAS
+creates devices through the provisioning API, and a token whose device is
+gone is refused (401), as Synapse does in MAS mode.
+
 With ``homeserver.admin_localpart`` set, each user's state (deactivated,
 locked, shadow-banned) is read with the admin API and enforced as the
 homeserver would for the user's own token; it is remembered for
@@ -18,7 +22,8 @@ from cachetools import TTLCache
 
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
-from bridge.homeserver.appservice import AccountState, AppserviceClient
+from bridge.errors import UnknownToken
+from bridge.homeserver.appservice import AccountState, AppserviceClient, refused_by_homeserver
 from bridge.singleflight import SingleFlight
 
 
@@ -40,6 +45,7 @@ class Masquerade:
             maxsize=hs.provisioning_cache_size, ttl=hs.account_state_ttl
         )
         self._state_inflight: SingleFlight[str, AccountState] = SingleFlight()
+        self._provisions_on_sight = config.issuer.kind != "mas"
 
     async def prepare(self, identity: Identity, *, write: bool = False) -> None:
         if self._admin is not None:
@@ -65,8 +71,11 @@ class Masquerade:
         await self.prepare(identity)
 
     async def _provision(self, identity: Identity) -> None:
-        await self._appservice.register_user(identity.localpart)
-        await self._appservice.create_device(identity.user_id, identity.device_id)
+        if self._provisions_on_sight:
+            await self._appservice.register_user(identity.localpart)
+            await self._appservice.create_device(identity.user_id, identity.device_id)
+        elif not await self._appservice.device_exists(identity.user_id, identity.device_id):
+            raise UnknownToken("Token is not active")
         self._known[identity] = True
 
     def credentials(self, identity: Identity) -> tuple[str, list[tuple[str, str]]]:
@@ -74,3 +83,34 @@ class Masquerade:
             ("user_id", identity.user_id),
             ("device_id", identity.device_id),
         ]
+
+    def appservice_credentials(self, identity: Identity) -> tuple[str, list[tuple[str, str]]]:
+        return self.credentials(identity)
+
+    async def upsert_device(self, identity: Identity, display_name: str | None) -> bool:
+        status, answer = await self._appservice.put_device(
+            identity.user_id, identity.device_id, display_name
+        )
+        if status not in (200, 201):
+            raise refused_by_homeserver(status, answer, "The homeserver refused the device")
+        self._known[identity] = True
+        return status == 201
+
+    async def rename_device(self, identity: Identity, display_name: str) -> bool:
+        # The appservice's PUT creates a missing device (AS-15): look first.
+        if not await self._appservice.device_exists(identity.user_id, identity.device_id):
+            return False
+        await self.upsert_device(identity, display_name)
+        return True
+
+    async def delete_device(self, identity: Identity) -> None:
+        self._known.pop(identity, None)
+        await self._appservice.delete_device(identity.user_id, identity.device_id)
+
+    async def devices_of(self, user_id: str) -> set[str]:
+        return await self._appservice.devices_of(user_id)
+
+    async def forget_user(self, user_id: str) -> None:
+        self._states.pop(user_id, None)
+        for identity in [i for i in self._known if i.user_id == user_id]:
+            self._known.pop(identity, None)

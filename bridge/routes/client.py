@@ -25,8 +25,9 @@ from bridge.errors import BadRequest, MatrixError
 from bridge.homeserver import privileges
 from bridge.paths import CLIENT
 from bridge.proxy import Forwarder
+from bridge.routes.capabilities import CAPABILITIES, capabilities
 from bridge.routes.refused import account_management_url, refusal
-from bridge.state import CONFIG, FORWARDER, IDENTITY, PATH
+from bridge.state import CONFIG, FORWARDER, IDENTITY, PATH, RESET_APPROVALS
 
 # The JSON bodies read here are small; a larger one is not what it claims to be.
 _MAX_JSON_BODY = 64 * 1024
@@ -58,6 +59,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if method == "DELETE" and (match := privileges.ALIAS_CREATION.fullmatch(raw_path)):
             _alias_not_exclusive(request, unquote(match["alias"]))
         await privileges.check(forwarder, identity, method, raw_path)
+    if request.method == "GET" and CAPABILITIES.fullmatch(request[PATH]):
+        return await capabilities(request)
     return await forwarder.forward(request, identity)
 
 
@@ -110,11 +113,29 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def signing_keys_upload(request: web.Request) -> web.StreamResponse:
-    """``POST /keys/device_signing/upload``: first set-up passes, a reset needs ``m.oauth``."""
+    """``POST /keys/device_signing/upload``: first set-up passes, a reset needs ``m.oauth``.
+
+    A reset MAS approved (``allow_cross_signing_reset``) passes, with the
+    appservice's power for that one request (a device's own token would meet
+    the homeserver's user-interactive auth); a new master key uses the
+    approval up, as Synapse's window closes on one.
+    """
     identity = request[IDENTITY]
     body, parsed = await _read_json_object(request)
     forwarder = request.app[FORWARDER]
-    if identity is not None and await _replaces_cross_signing_keys(forwarder, identity, parsed):
+    changed = await _changed_cross_signing_keys(forwarder, identity, parsed) if identity else set()
+    if identity is not None and changed:
+        approvals = request.app[RESET_APPROVALS]
+        if "master_key" in changed:
+            approved_until = approvals.consume(identity.user_id)
+            approved = approved_until is not None
+        else:
+            approved_until, approved = None, approvals.is_open(identity.user_id)
+        if approved:
+            response = await forwarder.forward(request, identity, body=body, appservice=True)
+            if approved_until is not None and not 200 <= response.status < 300:
+                approvals.restore(identity.user_id, approved_until)
+            return response
         url = f"{account_management_url(request)}?action=org.matrix.cross_signing_reset"
         return web.json_response(
             {
@@ -132,10 +153,11 @@ async def signing_keys_upload(request: web.Request) -> web.StreamResponse:
     return await forwarder.forward(request, identity, body=body)
 
 
-async def _replaces_cross_signing_keys(
+async def _changed_cross_signing_keys(
     forwarder: Forwarder, identity: Identity, upload: dict[str, Any]
-) -> bool:
-    """Whether the upload changes keys of a cross-signing identity that already exists."""
+) -> set[str]:
+    """The upload's fields that change keys of a cross-signing identity that already
+    exists (none for a first set-up or an identical upload)."""
     status, current = await forwarder.call_as(
         identity, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {identity.user_id: []}}
     )
@@ -147,17 +169,18 @@ async def _replaces_cross_signing_keys(
         return keys.get(identity.user_id) if isinstance(keys, dict) else None
 
     if current_key("master_keys") is None:
-        return False  # first set-up: allowed without re-authentication (MSC3967)
+        return set()  # first set-up: allowed without re-authentication (MSC3967)
+    changed: set[str] = set()
     for upload_field, query_field in _CROSS_SIGNING_KEYS.items():
         new = upload.get(upload_field)
         if new is None:
             continue
         old = current_key(query_field)
         if not isinstance(new, dict) or not isinstance(old, dict):
-            return True
-        if new.get("keys") != old.get("keys"):
-            return True
-    return False
+            changed.add(upload_field)  # a key given where there was none
+        elif new.get("keys") != old.get("keys"):
+            changed.add(upload_field)
+    return changed
 
 
 def add_routes(app: web.Application) -> None:

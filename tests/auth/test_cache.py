@@ -244,3 +244,65 @@ async def test_inactive_tokens_never_evict_a_live_session() -> None:
     assert len(auth._negative) == 100
     assert await auth.authenticate("live") == ALICE
     assert verifier.calls == 1 + 1_000  # the live session was a hit
+
+
+class PerTokenVerifier(FakeVerifier):
+    """Token ``user/device/n`` is a session of ``@user:example.org`` on ``device``."""
+
+    async def verify(self, token: str) -> Verdict:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        user, device, _n = token.split("/")
+        return Verdict(Identity(UserID(f"@{user}:example.org"), DeviceID(device), user))
+
+
+async def test_forget_device_drops_every_session_of_that_device_only() -> None:
+    verifier = PerTokenVerifier()
+    auth = authenticator(verifier)
+    tokens = ["alice/DEVA/1", "alice/DEVA/2", "alice/DEVB/1", "bob/DEVA/1"]
+    for token in tokens:
+        await auth.authenticate(token)
+    assert auth.forget_device("@alice:example.org", "DEVA") == 2
+    assert auth.forget_device("@alice:example.org", "DEVA") == 0
+    assert auth.forget_device("@nobody:example.org", "DEVA") == 0
+    for token in tokens:
+        await auth.authenticate(token)
+    assert verifier.calls == 4 + 2  # only alice's DEVA sessions were asked about again
+
+
+async def test_forget_user_drops_every_device_of_that_user_only() -> None:
+    verifier = PerTokenVerifier()
+    auth = authenticator(verifier)
+    tokens = ["alice/DEVA/1", "alice/DEVB/1", "bob/DEVA/1"]
+    for token in tokens:
+        await auth.authenticate(token)
+    assert auth.forget_user("@alice:example.org") == 2
+    assert auth.forget_user("@alice:example.org") == 0
+    for token in tokens:
+        await auth.authenticate(token)
+    assert verifier.calls == 3 + 2
+
+
+async def test_a_verification_running_while_its_device_is_forgotten_is_not_cached() -> None:
+    verifier = PerTokenVerifier()
+    verifier.gate = asyncio.Event()
+    auth = authenticator(verifier)
+    task = asyncio.create_task(auth.authenticate("alice/DEVA/1"))
+    await until(lambda: verifier.calls == 1)
+    auth.forget_device("@alice:example.org", "DEVA")
+    verifier.gate.set()
+    assert (await task).device_id == "DEVA"  # answered, but not kept
+    assert len(auth) == 0
+
+
+async def test_the_index_stays_bounded_when_the_cache_evicts() -> None:
+    verifier = PerTokenVerifier()
+    auth = authenticator(verifier, max_size=3)
+    for n in range(100):
+        await auth.authenticate(f"user{n}/DEV/1")
+    assert len(auth) == 3
+    assert auth._indexed <= 2 * 3
+    assert sum(len(keys) for d in auth._sessions.values() for keys in d.values()) <= 2 * 3
+    # The sessions still cached are still indexed.
+    assert auth.forget_user("@user99:example.org") == 1

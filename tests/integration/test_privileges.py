@@ -405,9 +405,10 @@ async def test_non_utf8_token_is_401(bridge: BridgeClient) -> None:
 async def test_delete_devices_with_an_empty_id_is_refused(
     bridge: BridgeClient, pair: Pair, admin: Admin
 ) -> None:
-    for path in ("/devices/", "/devices"):
+    # As Synapse in MAS mode: the empty ID is refused by the servlet, /devices is GET only.
+    for path, answer in (("/devices/", 404), ("/devices", 405)):
         status, body = await call(bridge, "DELETE", path, pair.attacker_token, json={})
-        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+        assert (status, body["errcode"]) == (answer, "M_UNRECOGNIZED")
     assert await admin.devices(user_id(pair.attacker)) == {"MALLORYDEV"}
 
 

@@ -8,6 +8,9 @@
 //   BRIDGE_CLIENT_SECRET   authenticate with client_secret_basic or client_secret_post
 //   ACCESS_TOKEN_FORMAT    `opaque` (default) or `jwt`
 //   ACCESS_TOKEN_TTL       access token lifetime in seconds (default 3600)
+//   MAS_SHARED_SECRET      optional: introspection also accepts `Authorization: Bearer
+//                          <secret>`, as matrix-authentication-service accepts its
+//                          matrix.secret, and answers it as it answers the bridge client
 //
 // Everything is in memory: a restart forgets clients, grants and tokens. The signing keys
 // are oidc-provider's built-in development keys, so the JWKS is the same across restarts.
@@ -41,6 +44,7 @@ const bridgeClientId = requireEnv('BRIDGE_CLIENT_ID');
 const bridgeClientSecret = requireEnv('BRIDGE_CLIENT_SECRET');
 const accessTokenFormat = process.env.ACCESS_TOKEN_FORMAT || 'opaque';
 const accessTokenTTL = Number.parseInt(process.env.ACCESS_TOKEN_TTL || '3600', 10);
+const masSharedSecret = process.env.MAS_SHARED_SECRET || '';
 
 if (!['opaque', 'jwt'].includes(accessTokenFormat)) {
   console.error(`test issuer: ACCESS_TOKEN_FORMAT must be opaque or jwt, not ${accessTokenFormat}`);
@@ -173,6 +177,11 @@ provider.use(async (ctx, next) => {
     return;
   }
   if (ctx.method === 'POST' && ctx.path === ROUTES.introspection) {
+    if (masSharedSecret && ctx.get('authorization') === `Bearer ${masSharedSecret}`) {
+      // MAS's shared-secret introspection, answered as for the bridge client.
+      const basic = `${encodeURIComponent(bridgeClientId)}:${encodeURIComponent(bridgeClientSecret)}`;
+      ctx.req.headers.authorization = `Basic ${Buffer.from(basic).toString('base64')}`;
+    }
     counters.introspection += 1;
     introspectionInflight += 1;
     counters.introspection_max_inflight = Math.max(

@@ -1,12 +1,23 @@
-"""Closed doors, path normalisation and the admin API allow-list."""
+"""Closed doors (and Synapse's MAS-mode answer to each), path normalisation and the
+admin API allow-list."""
 
 from __future__ import annotations
 
 import pytest
+from yarl import URL
 
 from bridge.errors import BadRequest
 from bridge.paths import normalize
-from bridge.routes.refused import APPSERVICE_ONLY, admin_api_allowed, closed_door
+from bridge.routes.refused import (
+    APPSERVICE_ONLY,
+    admin_api_allowed,
+    closed_door,
+    mas_mode_answer,
+)
+from tests.fakes import BridgeClient, FakeHomeserver, FakeIssuer
+from tests.routes.conftest import ALICE
+
+AUTH = {"Authorization": f"Bearer {ALICE}"}
 
 PREFIXES = ["/_matrix/client/r0", "/_matrix/client/v3", "/_matrix/client/unstable/org.example"]
 
@@ -30,6 +41,9 @@ CLOSED = [
     ("POST", "login/get_token"),
     ("POST", "logout"),
     ("POST", "logout/all"),
+    ("GET", "add_threepid/email/submit_token"),
+    ("POST", "add_threepid/msisdn/submit_token"),
+    ("GET", "registration/email/submit_token"),
 ]
 
 OPEN = [
@@ -69,6 +83,50 @@ def test_closed_door_v1(path: str) -> None:
 @pytest.mark.parametrize(("method", "endpoint"), OPEN)
 def test_open_door(prefix: str, method: str, endpoint: str) -> None:
     assert closed_door(method, f"{prefix}/{endpoint}") is None
+
+
+V3 = "/_matrix/client/v3"
+
+
+@pytest.mark.parametrize(
+    ("method", "raw_path", "answer"),
+    [
+        # Servlets Synapse does not register in MAS mode, any prefix or spelling.
+        ("POST", f"{V3}/account/deactivate", (404, "M_UNRECOGNIZED")),
+        ("POST", "/_matrix/client/r0/account/password", (404, "M_UNRECOGNIZED")),
+        ("POST", f"{V3}/account/3pid/add", (404, "M_UNRECOGNIZED")),
+        ("POST", f"{V3}/delete_devices", (404, "M_UNRECOGNIZED")),
+        ("POST", "/_matrix/client/api/v1/logout", (404, "M_UNRECOGNIZED")),
+        ("POST", "/_matrix/client/v1/login/get_token", (404, "M_UNRECOGNIZED")),
+        ("GET", f"{V3}/register/available", (404, "M_UNRECOGNIZED")),
+        ("POST", f"{V3}//account//deactivate/", (404, "M_UNRECOGNIZED")),
+        ("POST", f"{V3}/account/%64eactivate", (404, "M_UNRECOGNIZED")),
+        # Routed, other methods only.
+        ("GET", f"{V3}/register", (405, "M_UNRECOGNIZED")),
+        ("HEAD", f"{V3}/register", (405, "M_UNRECOGNIZED")),
+        ("PUT", "/_matrix/client/unstable/register", (405, "M_UNRECOGNIZED")),
+        ("PUT", f"{V3}/account/3pid", (405, "M_UNRECOGNIZED")),
+        ("DELETE", f"{V3}/account/3pid/bind", (405, "M_UNRECOGNIZED")),
+        ("DELETE", f"{V3}/devices", (405, "M_UNRECOGNIZED")),
+        # Routed, and refused by the servlet.
+        ("POST", f"{V3}/register", (403, "M_FORBIDDEN")),
+        ("POST", f"{V3}/account/3pid", (404, "M_UNRECOGNIZED")),
+        ("DELETE", f"{V3}/devices/DEVA", (404, "M_UNRECOGNIZED")),
+        ("DELETE", f"{V3}/devices/", (404, "M_UNRECOGNIZED")),
+        ("DELETE", f"{V3}/devices/A%2FB", (404, "M_UNRECOGNIZED")),
+        # Not routed as the same servlet: a prefix Synapse does not use there, a
+        # trailing slash, a second segment.
+        ("POST", "/_matrix/client/v1/register", (404, "M_UNRECOGNIZED")),
+        ("POST", f"{V3}/register/", (404, "M_UNRECOGNIZED")),
+        ("DELETE", f"{V3}/devices/A/B", (404, "M_UNRECOGNIZED")),
+        # Served by Synapse in MAS mode; the bridge's own refusal.
+        ("POST", f"{V3}/account/3pid/bind", (403, "M_FORBIDDEN")),
+        ("POST", f"{V3}/account/3pid/unbind", (403, "M_FORBIDDEN")),
+    ],
+)
+def test_mas_mode_answer(method: str, raw_path: str, answer: tuple[int, str]) -> None:
+    """As observed on Synapse 1.163 in MAS mode (tests/integration/test_mas_mode_doors.py)."""
+    assert mas_mode_answer(method, raw_path) == answer
 
 
 def test_closed_door_after_normalisation() -> None:
@@ -160,3 +218,101 @@ def test_appservice_only_endpoints(path: str) -> None:
 )
 def test_appservice_only_is_not_a_substring_match(path: str) -> None:
     assert not any(rx.match(path) for rx in APPSERVICE_ONLY)
+
+
+# ---------------------------------------------------------------------------------------
+# Through the bridge: Synapse's MAS-mode status and errcode, the account URL named, and
+# nothing forwarded (README, "Closed doors").
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", f"{V3}/account/deactivate", 404),
+        ("POST", f"{V3}/account/password", 404),
+        ("POST", f"{V3}/account/3pid", 404),
+        ("PUT", f"{V3}/account/3pid", 405),
+        ("POST", f"{V3}/account/3pid/add", 404),
+        ("POST", f"{V3}/account/3pid/bind", 403),
+        ("GET", "/_matrix/client/unstable/add_threepid/email/submit_token", 404),
+        ("POST", f"{V3}/delete_devices", 404),
+        ("DELETE", f"{V3}/devices/DEVA", 404),
+        ("DELETE", f"{V3}/devices", 405),
+        ("GET", f"{V3}/register", 405),
+        ("GET", f"{V3}/register/available?username=x", 404),
+        ("POST", "/_matrix/client/v1/login/get_token", 404),
+        ("POST", "/_matrix/client/api/v1/logout", 404),
+        ("POST", f"{V3}/logout/all", 404),
+        ("POST", f"{V3}//account//deactivate/", 404),
+    ],
+)
+async def test_closed_door_answers_as_synapse_in_mas_mode(
+    bridge: BridgeClient,
+    homeserver: FakeHomeserver,
+    issuer: FakeIssuer,
+    method: str,
+    path: str,
+    status: int,
+) -> None:
+    resp = await bridge.request(method, URL(path, encoded=True), headers=AUTH, json={})
+    answer = await resp.json()
+    assert resp.status == status
+    assert answer["errcode"] == ("M_FORBIDDEN" if status == 403 else "M_UNRECOGNIZED")
+    assert issuer.url in answer["error"]  # no account URL configured: the issuer's
+    assert homeserver.requests == []
+    assert issuer.introspections == []  # refused before the token is looked at
+
+
+AS_TYPE = "m.login.application_service"
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "headers", "status", "errcode"),
+    [
+        ("", b'{"username": "intruder", "password": "x"}', AUTH, 403, "M_FORBIDDEN"),
+        ("?kind=guest", b"{}", AUTH, 403, "M_FORBIDDEN"),
+        ("", b"not json", AUTH, 400, "M_NOT_JSON"),
+        ("", b"", AUTH, 400, "M_NOT_JSON"),
+        ("", b'{"type": NaN}', AUTH, 400, "M_NOT_JSON"),
+        ("", b"[1]", AUTH, 400, "M_BAD_JSON"),
+        ("", f'{{"type": "{AS_TYPE}", "username": "x"}}'.encode(), AUTH, 400,
+         "M_APPSERVICE_LOGIN_UNSUPPORTED"),
+        ("?kind=guest", f'{{"type": "{AS_TYPE}", "inhibit_login": true, "username": "x"}}'.encode(),
+         AUTH, 403, "M_UNKNOWN"),
+        ("?kind=admin", f'{{"type": "{AS_TYPE}", "inhibit_login": true, "username": "x"}}'.encode(),
+         AUTH, 400, "M_UNRECOGNIZED"),
+        ("", f'{{"type": "{AS_TYPE}", "inhibit_login": true}}'.encode(), AUTH, 400, "M_UNKNOWN"),
+        ("", f'{{"type": "{AS_TYPE}", "inhibit_login": true, "username": "x"}}'.encode(), {}, 400,
+         "M_UNKNOWN"),
+        # Synapse: 401 M_UNKNOWN_TOKEN, the token not being an appservice's.
+        ("", f'{{"type": "{AS_TYPE}", "inhibit_login": true, "username": "x"}}'.encode(), AUTH,
+         403, "M_FORBIDDEN"),
+    ],
+)  # fmt: skip
+async def test_registration_answers_as_synapse_in_mas_mode(
+    bridge: BridgeClient,
+    homeserver: FakeHomeserver,
+    query: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    errcode: str,
+) -> None:
+    resp = await bridge.post(
+        f"{V3}/register{query}",
+        data=body,
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    answer = await resp.json()
+    assert (resp.status, answer["errcode"]) == (status, errcode), answer
+    assert homeserver.requests == []
+
+
+async def test_appservice_login_answers_as_synapse_in_mas_mode(
+    bridge: BridgeClient, homeserver: FakeHomeserver
+) -> None:
+    """Synapse in MAS mode has no ``/login`` at all."""
+    body = {"type": AS_TYPE, "identifier": {"type": "m.id.user", "user": "admin"}}
+    resp = await bridge.post(f"{V3}/login", json=body)
+    assert (resp.status, (await resp.json())["errcode"]) == (404, "M_UNRECOGNIZED")
+    assert homeserver.requests == []

@@ -57,6 +57,9 @@ class TestIssuer:
     bridge_client_secret: str
     access_token_format: str = "opaque"
     access_token_ttl: int = 3600
+    # Introspection also accepts ``Authorization: Bearer <this>``, as MAS accepts its
+    # matrix.secret (bridges with ``issuer.kind: mas``).
+    mas_shared_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     log_path: Path = field(default_factory=_new_log_path)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -75,6 +78,7 @@ class TestIssuer:
             "BRIDGE_CLIENT_SECRET": self.bridge_client_secret,
             "ACCESS_TOKEN_FORMAT": self.access_token_format,
             "ACCESS_TOKEN_TTL": str(self.access_token_ttl),
+            "MAS_SHARED_SECRET": self.mas_shared_secret,
         }
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(

@@ -3,6 +3,11 @@
 Synapse lives in its own virtualenv (``<repo>/.venv-synapse``, made by ``make test``);
 this module only writes its configuration, runs it as a subprocess and creates an
 admin user through the shared-secret registration API.
+
+With ``mas=MasMode(...)`` Synapse delegates authentication to
+matrix-authentication-service (``matrix_authentication_service`` in homeserver.yaml,
+``synapse/config/mas.py``); it then serves no admin registration API, so no admin
+user is created.
 """
 
 from __future__ import annotations
@@ -90,6 +95,16 @@ def _request(
         raise RuntimeError(f"{method} {url} -> {exc.code}: {detail}") from exc
 
 
+@dataclass(frozen=True)
+class MasMode:
+    """Synapse in MAS mode: ``endpoint`` is where it reaches MAS (introspection, metadata;
+    nothing needs to listen there until a token is checked), ``secret`` the shared secret
+    MAS sends to ``/_synapse/mas/*`` and Synapse sends to MAS."""
+
+    endpoint: str
+    secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+
+
 @dataclass
 class SynapseServer:
     """A running Synapse subprocess and the admin credentials created at start."""
@@ -101,6 +116,7 @@ class SynapseServer:
     workdir: Path
     process: subprocess.Popen[bytes] = field(repr=False)
     python: Path = field(default=DEFAULT_SYNAPSE_PYTHON, repr=False)
+    mas: MasMode | None = None
 
     def stop(self) -> None:
         """Stop Synapse: SIGTERM, wait up to 10 s, then SIGKILL."""
@@ -113,6 +129,17 @@ class SynapseServer:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def provision_as_mas(self, localpart: str, device_id: str) -> None:
+        """MAS mode only: create the user and the device as MAS does, through
+        ``/_synapse/mas/provision_user`` and ``/_synapse/mas/upsert_device``."""
+        if self.mas is None:
+            raise RuntimeError("this Synapse is not in MAS mode")
+        for endpoint, body in (
+            ("provision_user", {"localpart": localpart}),
+            ("upsert_device", {"localpart": localpart, "device_id": device_id}),
+        ):
+            _request("POST", f"{self.base_url}/_synapse/mas/{endpoint}", body, self.mas.secret)
+
     def log_tail(self, lines: int = 50) -> str:
         """Return the last ``lines`` lines of homeserver.log (for debugging failed tests)."""
         return _tail(self.workdir / "homeserver.log", lines)
@@ -123,7 +150,8 @@ class SynapseServer:
 
         ``wipe=True`` first deletes its database (every user, device, token and
         room is gone, as after restoring an empty backup) and creates the admin
-        user again (``admin_token`` changes); the media store is kept.
+        user again (``admin_token`` changes; not in MAS mode, which has no admin user);
+        the media store is kept.
         """
         self.stop()
         if wipe:
@@ -137,7 +165,7 @@ class SynapseServer:
                 timeout=90,
                 is_alive=lambda: self.process.poll() is None,
             )
-            if wipe:
+            if wipe and self.mas is None:
                 config = yaml.safe_load(config_path.read_text())
                 self.admin_user_id, self.admin_token = _register_admin(
                     self.base_url, str(config["registration_shared_secret"])
@@ -157,6 +185,7 @@ def _write_config(
     port: int,
     registration_files: Sequence[Path],
     shared_secret: str,
+    mas: MasMode | None = None,
 ) -> Path:
     """Write homeserver.yaml and its log config into ``workdir``; return the config path."""
     log_config = workdir / "log.config.yaml"
@@ -213,8 +242,20 @@ def _write_config(
         "serve_server_wellknown": False,
         "presence": {"enabled": False},
         "url_preview_enabled": False,
+        # A fresh database's background updates, done in seconds rather than minutes:
+        # until profiles_full_user_id_key_idx is built, reactivating a user fails on
+        # SQLite (create_profile's ON CONFLICT has no unique index to match).
+        "background_updates": {"sleep_enabled": False},
         **_RATE_LIMITS,
     }
+    if mas is not None:
+        # Password login, registration and 3PID changes are off by default in this mode
+        # (enabling any of them is a config error, ``MasConfig.check_config_conflicts``).
+        config["matrix_authentication_service"] = {
+            "enabled": True,
+            "endpoint": mas.endpoint,
+            "secret": mas.secret,
+        }
     path = workdir / "homeserver.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -260,8 +301,10 @@ def start_synapse(
     server_name: str = "bridge.test",
     port: int | None = None,
     synapse_python: Path | None = None,
+    mas: MasMode | None = None,
 ) -> SynapseServer:
-    """Configure and start Synapse in a fresh ``workdir`` and create the admin user.
+    """Configure and start Synapse in a fresh ``workdir`` and create the admin user
+    (in MAS mode, given ``mas``: no admin user, ``admin_token`` is empty).
 
     ``registration_files`` are appservice registrations (an *exclusive* namespace that
     covers ``@synapse-admin`` would block the admin's creation).  ``port`` defaults to a
@@ -280,7 +323,7 @@ def start_synapse(
     port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
     shared_secret = secrets.token_hex(32)
-    config = _write_config(workdir, server_name, port, registration_files, shared_secret)
+    config = _write_config(workdir, server_name, port, registration_files, shared_secret, mas)
     subprocess.run([str(python), "-c", _KEYGEN, str(workdir / "signing.key")], check=True)
 
     output = workdir / "synapse.out"
@@ -293,6 +336,7 @@ def start_synapse(
         workdir=workdir,
         process=process,
         python=python,
+        mas=mas,
     )
     try:
         wait_http(
@@ -300,7 +344,8 @@ def start_synapse(
             timeout=90,
             is_alive=lambda: process.poll() is None,
         )
-        server.admin_user_id, server.admin_token = _register_admin(base_url, shared_secret)
+        if mas is None:
+            server.admin_user_id, server.admin_token = _register_admin(base_url, shared_secret)
     except Exception as exc:
         server.stop()
         raise RuntimeError(
