@@ -607,19 +607,30 @@ async def test_admin_api_is_closed_by_default(
 
 
 async def test_allow_listed_admin_api_is_forwarded_as_the_user(
-    make_bridge: MakeBridge, homeserver: FakeHomeserver
+    make_bridge: MakeBridge, homeserver: FakeHomeserver, issuer: FakeIssuer
 ) -> None:
+    admin = "alice-admin-token"
+    claims = active_claims("alice", "DEVA")
+    issuer.tokens[admin] = {**claims, "scope": f"{claims['scope']} urn:synapse:admin:*"}
     bridge = await make_bridge(
         {"homeserver": {"admin_api_allowlist": ["/_synapse/admin/v1/users"]}}
     )
+    # Without the admin scope, the allow-listed admin API is closed all the same.
     resp = await bridge.get("/_synapse/admin/v1/users", headers=bearer())
+    await assert_matrix_error(resp, 403, "M_FORBIDDEN")
+    assert "urn:synapse:admin:*" in (await resp.json())["error"]
+    assert homeserver.client_requests == []
+
+    resp = await bridge.get("/_synapse/admin/v1/users", headers=bearer(admin))
     assert resp.status == 200
     request = only_client_request(homeserver)
     assert request.raw_path == "/_synapse/admin/v1/users"
     assert request.headers["Authorization"] == f"Bearer {AS_TOKEN}"
     assert request.query.getall("user_id") == [ALICE_ID]
 
-    resp = await bridge.get("/_synapse/admin/v1/deactivate/@bob:example.test", headers=bearer())
+    resp = await bridge.get(
+        "/_synapse/admin/v1/deactivate/@bob:example.test", headers=bearer(admin)
+    )
     await assert_matrix_error(resp, 403, "M_FORBIDDEN")
     assert len(homeserver.client_requests) == 1
 

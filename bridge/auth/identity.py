@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NewType
 
 from bridge.errors import Forbidden, UnknownToken
@@ -12,6 +12,8 @@ from bridge.errors import Forbidden, UnknownToken
 UserID = NewType("UserID", str)
 DeviceID = NewType("DeviceID", str)
 
+# Synapse's scope for its admin API (as Synapse reads it with MAS).
+ADMIN_SCOPE = "urn:synapse:admin:*"
 API_SCOPES = frozenset({"urn:matrix:client:api:*", "urn:matrix:org.matrix.msc2967.client:api:*"})
 DEVICE_SCOPE_PREFIXES = (
     "urn:matrix:client:device:",
@@ -33,6 +35,9 @@ class Identity:
     user_id: UserID
     device_id: DeviceID
     localpart: str
+    # The token grants Synapse's admin API scope (urn:synapse:admin:*). Not part of
+    # the identity's equality: the same device is the same device either way.
+    admin: bool = field(default=False, compare=False)
 
 
 def device_scope(device_id: str, *, unstable: bool = False) -> str:
@@ -84,4 +89,4 @@ def identity_from_claims(
     user_id = f"@{localpart}:{server_name}"
     if len(user_id) > _MAX_USER_ID:
         raise UnknownToken("Token's user ID is too long")
-    return Identity(UserID(user_id), DeviceID(device), localpart)
+    return Identity(UserID(user_id), DeviceID(device), localpart, admin=ADMIN_SCOPE in scopes)

@@ -19,9 +19,9 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from bridge.auth.identity import Identity
+from bridge.auth.identity import ADMIN_SCOPE, Identity
 from bridge.auth.middleware import FORWARDED_ROUTE
-from bridge.errors import BadRequest, MatrixError
+from bridge.errors import BadRequest, Forbidden, MatrixError
 from bridge.homeserver import privileges
 from bridge.paths import CLIENT
 from bridge.proxy import Forwarder
@@ -43,6 +43,12 @@ _CROSS_SIGNING_KEYS = {
 
 async def forward(request: web.Request) -> web.StreamResponse:
     identity = request[IDENTITY]
+    if request.match_info.route.name == FORWARDED_ROUTE + "admin" and (
+        identity is None or not identity.admin
+    ):
+        # Allow-listed or not, the admin API needs a token with the admin scope, as
+        # Synapse asks of MAS tokens.
+        raise Forbidden(f"The homeserver admin API needs the {ADMIN_SCOPE} scope")
     if request.method == "POST":
         if _LOGIN.fullmatch(request[PATH]):
             return await login(request)

@@ -612,3 +612,42 @@ async def test_introspection_answers_are_checked_against_audience_and_client_lis
     token = await login(new_localpart("alice"), "DEVA")
     status, body = await call(bridge, "GET", "/account/whoami", token)
     assert status == (200 if accepted else 401), body
+
+
+async def test_the_admin_api_needs_the_admin_scope_even_when_allow_listed(
+    aiohttp_client: Any,
+    synapse: SynapseServer,
+    appservice: AppserviceConfig,
+    issuer: TestIssuer,
+    http: aiohttp.ClientSession,
+    admin: Admin,
+) -> None:
+    document = bridge_config_document(
+        issuer=issuer,
+        homeserver_url=synapse.base_url,
+        appservice=appservice,
+        homeserver={"url": synapse.base_url, "admin_api_allowlist": ["/_synapse/admin/v2/users"]},
+    )
+    document["homeserver"]["strategy"] = "masquerade"  # type: ignore[index]
+    bridge: BridgeClient = await aiohttp_client(create_app(parse_config(document)))
+    alice = new_localpart("alice")
+    plain = (await obtain_token(http, issuer.url, username=alice, device_id="DEVA")).access_token
+    scoped = (
+        await obtain_token(
+            http,
+            issuer.url,
+            username=alice,
+            device_id="DEVB",
+            extra_scopes=("urn:synapse:admin:*",),
+        )
+    ).access_token
+    await ok(bridge, "GET", "/account/whoami", plain)
+    path = f"/_synapse/admin/v2/users/{quote(user_id(alice))}"
+    await admin.call("PUT", path, {"admin": True})  # a server admin on the homeserver
+
+    resp = await bridge.get(path, headers=auth(plain))
+    assert resp.status == 403  # the bridge's refusal: no admin scope
+    assert "urn:synapse:admin:*" in (await resp.json())["error"]
+    resp = await bridge.get(path, headers=auth(scoped))
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["admin"] is True
