@@ -29,7 +29,7 @@ from bridge.issuer.introspection import Introspector
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.proxy import Forwarder
-from bridge.routes import client, discovery, mas_api, well_known
+from bridge.routes import client, compat, discovery, mas_api, well_known
 from bridge.routes.cors import add_cors_headers, preflight_middleware
 from bridge.routes.refused import refused_middleware
 from bridge.state import (
@@ -146,5 +146,7 @@ def create_app(config: BridgeConfig) -> web.Application:
     if config.issuer.kind == "mas":
         # Authenticated by MAS's shared secret, not by the client auth middleware.
         mas_api.add_routes(app)
+        # Legacy login, logout and refresh: MAS's compatibility layer.
+        compat.add_routes(app)
     client.add_routes(app)
     return app

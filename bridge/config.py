@@ -105,6 +105,9 @@ class IssuerConfig:
     # serves MAS's homeserver provisioning API (/_synapse/mas/*), authenticated
     # by MAS's matrix.secret, which is also introspection.client_secret.
     kind: IssuerKind = "oidc"
+    # mas: where MAS serves its compatibility layer (legacy login, logout,
+    # refresh, SSO redirect); its public base URL. Default: the issuer.
+    compat_url: str = ""
     account_management_url: str | None = None
     localpart_claim: str = "username"
     metadata_refresh_interval: float = 300.0
@@ -339,6 +342,7 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
     client_ids = sec.text_list("client_ids")
     max_inflight = sec.integer("max_inflight", 64, minimum=1)
     kind = cast(IssuerKind, sec.choice("kind", ("oidc", "mas"), "oidc"))
+    compat_url = _http_url(sec, "compat_url", sec.text("compat_url", issuer))
 
     intro = sec.section("introspection")
     auth = cast(
@@ -369,6 +373,7 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
         issuer=issuer,
         introspection=introspection,
         kind=kind,
+        compat_url=compat_url,
         account_management_url=account,
         localpart_claim=claim,
         metadata_refresh_interval=refresh,

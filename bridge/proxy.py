@@ -129,7 +129,7 @@ def homeserver_media_type(content_type: str) -> str:
         return "application/x-www-form-urlencoded"  # unreadable: treat as the worst case
 
 
-def _hop_by_hop(headers: Iterable[tuple[str, str]]) -> set[str]:
+def hop_by_hop(headers: Iterable[tuple[str, str]]) -> set[str]:
     """Hop-by-hop names: the fixed ones plus any the ``Connection`` header lists."""
     names = set(HOP_BY_HOP)
     for name, value in headers:
@@ -195,7 +195,7 @@ class Forwarder:
         return URL(self._base + raw_path, encoded=True).with_query(query)
 
     def upstream_headers(self, request: web.Request, authorization: str | None) -> CIMultiDict[str]:
-        drop = _REQUEST_DROP | _hop_by_hop(request.headers.items())
+        drop = _REQUEST_DROP | hop_by_hop(request.headers.items())
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
         if authorization is not None:
             headers["Authorization"] = authorization
@@ -287,10 +287,10 @@ class Forwarder:
             if rewrite is not None and upstream.status == 200:
                 return await self._rewrite_back(request, upstream, rewrite)
             if identity is None or upstream.status not in _LOST_STATUSES:
-                return await self._stream_back(request, upstream)
+                return await stream_back(request, upstream)
             error = await _read_small(upstream)
             if error is None or not lost_identity(upstream.status, _json_object(error)):
-                return await self._stream_back(request, upstream, prefix=error)
+                return await stream_back(request, upstream, prefix=error)
             upstream.release()
             assert authorization is not None
             if attempt == 1:
@@ -347,45 +347,19 @@ class Forwarder:
         body = await _read_small(upstream)
         encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity"
         if body is None or len(body) > _SMALL_BODY or encoded:
-            return await self._stream_back(request, upstream, prefix=body)
+            return await stream_back(request, upstream, prefix=body)
         try:
             answer = json.loads(body)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            return await self._stream_back(request, upstream, prefix=body)
+            return await stream_back(request, upstream, prefix=body)
         upstream.release()
         response = web.json_response(rewrite(answer), status=upstream.status)
-        drop = _hop_by_hop(upstream.headers.items()) | _REWRITTEN_HEADERS
+        drop = hop_by_hop(upstream.headers.items()) | _REWRITTEN_HEADERS
         for name, value in upstream.headers.items():
             if name.lower() not in drop:
                 response.headers.add(name, value)
-        return response
-
-    async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, prefix: bytes | None = None
-    ) -> web.StreamResponse:
-        """Stream the answer to the client; ``prefix`` is what was already read of it."""
-        async with upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            drop = _hop_by_hop(upstream.headers.items())
-            for name, value in upstream.headers.items():
-                if name.lower() not in drop:
-                    response.headers.add(name, value)
-            await response.prepare(request)
-            try:
-                if prefix:
-                    await response.write(prefix)
-                async for chunk in upstream.content.iter_chunked(_CHUNK):
-                    await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as e:
-                # Headers are gone already: the only honest signal left is to cut
-                # the connection, so the client sees a truncated answer as one.
-                log.warning("homeserver response broke off: %s", type(e).__name__)
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            await response.write_eof()
         return response
 
 
@@ -440,3 +414,30 @@ def lost_identity(status: int, answer: dict[str, Any]) -> bool:
         and errcode == "M_FORBIDDEN"
         and "not registered" in str(answer.get("error", ""))
     )
+
+
+async def stream_back(
+    request: web.Request, upstream: aiohttp.ClientResponse, prefix: bytes | None = None
+) -> web.StreamResponse:
+    """Stream the answer to the client; ``prefix`` is what was already read of it."""
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        drop = hop_by_hop(upstream.headers.items())
+        for name, value in upstream.headers.items():
+            if name.lower() not in drop:
+                response.headers.add(name, value)
+        await response.prepare(request)
+        try:
+            if prefix:
+                await response.write(prefix)
+            async for chunk in upstream.content.iter_chunked(_CHUNK):
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            # Headers are gone already: the only honest signal left is to cut
+            # the connection, so the client sees a truncated answer as one.
+            log.warning("homeserver response broke off: %s", type(e).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+    return response

@@ -22,6 +22,7 @@ from aiohttp.typedefs import Handler
 
 from bridge.errors import BadRequest, Forbidden, MatrixError
 from bridge.paths import CLIENT, normalize
+from bridge.routes.compat import COMPAT_PATH
 from bridge.state import CONFIG, ISSUER_METADATA, PATH
 
 _ANY = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -177,6 +178,8 @@ def admin_api_allowed(allowlist: tuple[str, ...], path: str) -> bool:
 @web.middleware
 async def refused_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request[PATH] = normalize(request.path)
+    if request.app[CONFIG].issuer.kind == "mas" and COMPAT_PATH.match(request.rel_url.raw_path):
+        return await handler(request)  # MAS's compatibility layer (bridge.routes.compat)
     what = closed_door(request.method, path)
     if what is not None:
         if (
