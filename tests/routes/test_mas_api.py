@@ -180,75 +180,55 @@ VALID_CALLS: dict[str, tuple[object, dict[str, str] | None]] = {
 
 @pytest.mark.parametrize("endpoint", sorted(VALID_CALLS))
 @pytest.mark.parametrize(
-    ("headers", "status", "errcode", "error"),
+    "headers",
     [
-        ({"Authorization": "Bearer wrong-secret"}, 403, "M_UNKNOWN", "must only be called by MAS"),
-        ({"Authorization": f"Bearer {SECRET}x"}, 403, "M_UNKNOWN", "must only be called by MAS"),
-        ({}, 401, "M_MISSING_TOKEN", "Missing access token"),
-        ({"Authorization": f"Basic {SECRET}"}, 401, "M_MISSING_TOKEN", "Invalid Authorization"),
-        ({"Authorization": f"bearer {SECRET}"}, 401, "M_MISSING_TOKEN", "Invalid Authorization"),
-        ({"Authorization": f"Bearer  {SECRET}"}, 401, "M_MISSING_TOKEN", "Invalid Authorization"),
-        ({"Authorization": "Bearer"}, 401, "M_MISSING_TOKEN", "Invalid Authorization"),
+        {"Authorization": "Bearer wrong-secret"},
+        {"Authorization": f"Bearer {SECRET}x"},
+        {},
+        {"Authorization": f"Basic {SECRET}"},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer {SECRET[:-1]}é"},
     ],
 )
-async def test_anything_but_the_secret_is_refused_and_nothing_is_done(
-    bridge: BridgeClient,
-    homeserver: FakeHomeserver,
-    endpoint: str,
-    headers: dict[str, str],
-    status: int,
-    errcode: str,
-    error: str,
+async def test_anything_but_the_secret_is_403_and_nothing_is_done(
+    bridge: BridgeClient, homeserver: FakeHomeserver, endpoint: str, headers: dict[str, str]
 ) -> None:
+    """Missing, malformed or wrong alike: 403 M_FORBIDDEN (the issue's contract; Synapse
+    says 401 for a missing token and M_UNKNOWN for a wrong one, MAS reads neither)."""
     body, query = VALID_CALLS[endpoint]
     got, answer = await call(bridge, endpoint, body, query=query, headers=headers)
-    assert (got, answer["errcode"]) == (status, errcode)
-    assert error in answer["error"]
+    assert (got, answer["errcode"]) == (403, "M_FORBIDDEN")
+    assert "must only be called by MAS" in answer["error"]
     assert homeserver.requests == []
 
 
-async def test_the_secret_in_the_query_string(
+async def test_the_scheme_is_case_insensitive(
     bridge: BridgeClient, homeserver: FakeHomeserver
 ) -> None:
     status, _ = await call(
         bridge,
         "is_localpart_available",
-        query={"localpart": "alice", "access_token": SECRET},
-        headers={},
+        query={"localpart": "alice"},
+        headers={"Authorization": f"bearer {SECRET}"},
     )
     assert status == 200
+
+
+@pytest.mark.parametrize("headers", [{}, MAS])
+async def test_the_secret_is_never_read_from_the_query_string(
+    bridge: BridgeClient, homeserver: FakeHomeserver, headers: dict[str, str]
+) -> None:
+    """Proxies log query strings."""
     status, answer = await call(
         bridge,
         "is_localpart_available",
-        query={"localpart": "bob", "access_token": "wrong"},
-        headers={},
+        query={"localpart": "alice", "access_token": SECRET},
+        headers=headers,
     )
-    assert (status, answer["errcode"]) == (403, "M_UNKNOWN")
-
-
-@pytest.mark.parametrize(
-    ("headers", "query", "status", "error"),
-    [
-        # Synapse checks the mix before the number of headers.
-        (MAS, {"access_token": SECRET}, 401, "Mixing Authorization headers"),
-        (MAS, {"access_token": ""}, 401, "Mixing Authorization headers"),
-        ({}, {"access_token": ""}, 403, "must only be called by MAS"),
-    ],
-)
-async def test_secret_in_header_and_query(
-    bridge: BridgeClient,
-    homeserver: FakeHomeserver,
-    headers: dict[str, str],
-    query: dict[str, str],
-    status: int,
-    error: str,
-) -> None:
-    got, answer = await call(
-        bridge, "provision_user", {"localpart": "alice"}, query=query, headers=headers
-    )
-    assert got == status
-    assert error in answer["error"]
-    assert homeserver.requests == []
+    if headers:
+        assert status == 200  # the header decides; the parameter is ignored
+    else:
+        assert (status, answer["errcode"]) == (403, "M_FORBIDDEN")
 
 
 async def test_two_authorization_headers(bridge: BridgeClient, homeserver: FakeHomeserver) -> None:
@@ -258,8 +238,7 @@ async def test_two_authorization_headers(bridge: BridgeClient, homeserver: FakeH
         headers=[("Authorization", f"Bearer {SECRET}"), ("Authorization", f"Bearer {SECRET}")],
     )
     answer = await resp.json()
-    assert (resp.status, answer["errcode"]) == (401, "M_MISSING_TOKEN")
-    assert answer["error"] == "Too many Authorization headers."
+    assert (resp.status, answer["errcode"]) == (403, "M_FORBIDDEN")
     assert homeserver.requests == []
 
 
@@ -740,13 +719,3 @@ async def test_a_client_token_works_only_while_mas_keeps_its_device(
     resp = await bridge.get(f"{V3}/account/whoami", headers=client)
     assert (resp.status, (await resp.json())["errcode"]) == (401, "M_UNKNOWN_TOKEN")
     assert len(mas_issuer.introspections) == introspections + 1
-
-
-async def test_a_secret_that_is_not_ascii_is_synapses_500(
-    bridge: BridgeClient, homeserver: FakeHomeserver
-) -> None:
-    status, answer = await call(
-        bridge, "query_user", query={"localpart": "alice", "access_token": "sécret"}, headers={}
-    )
-    assert (status, answer) == (500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
-    assert homeserver.requests == []
