@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,10 +51,15 @@ def _serve(config: BridgeConfig) -> None:
         level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # MAS's provisioning API on a listener of its own, when configured (the routes
+    # answer there only: bridge.routes.mas_api.on_its_listener).
+    extra = config.issuer.provisioning_listen
+    sockets = [socket.create_server((extra.host, extra.port))] if extra else None
     web.run_app(
         create_app(config),
         host=config.listen.host,
         port=config.listen.port,
+        sock=sockets,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("bridge.access"),
         print=None,

@@ -108,6 +108,9 @@ class IssuerConfig:
     # mas: where MAS serves its compatibility layer (legacy login, logout,
     # refresh, SSO redirect); its public base URL. Default: the issuer.
     compat_url: str = ""
+    # mas: a listener of its own for /_synapse/mas/* (MAS's matrix.endpoint then
+    # points there); None serves it on the public listener.
+    provisioning_listen: ListenConfig | None = None
     account_management_url: str | None = None
     localpart_claim: str = "username"
     metadata_refresh_interval: float = 300.0
@@ -343,6 +346,14 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
     max_inflight = sec.integer("max_inflight", 64, minimum=1)
     kind = cast(IssuerKind, sec.choice("kind", ("oidc", "mas"), "oidc"))
     compat_url = _http_url(sec, "compat_url", sec.text("compat_url", issuer))
+    provisioning_listen = None
+    if sec.present("provisioning_listen"):
+        listen_sec = sec.section("provisioning_listen")
+        provisioning_listen = ListenConfig(
+            host=listen_sec.text("host", "127.0.0.1"),
+            port=listen_sec.integer("port", 8009, minimum=1, maximum=65535),
+        )
+        listen_sec.finish()
 
     intro = sec.section("introspection")
     auth = cast(
@@ -374,6 +385,7 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
         introspection=introspection,
         kind=kind,
         compat_url=compat_url,
+        provisioning_listen=provisioning_listen,
         account_management_url=account,
         localpart_claim=claim,
         metadata_refresh_interval=refresh,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from bridge.errors import BadRequest, Forbidden, MatrixError
+from bridge.errors import BadRequest, Forbidden, MatrixError, NotFound
 from bridge.homeserver.provisioning import ProfileChange, Provisioning
 from bridge.state import CONFIG, PROVISIONING
 
@@ -32,6 +32,16 @@ PREFIX = "/_synapse/mas/"
 _NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate"}
 
 # -- authentication -----------------------------------------------------------------
+
+
+def on_its_listener(request: web.Request) -> None:
+    """With ``issuer.provisioning_listen``, the API exists on that listener only."""
+    listen = request.app[CONFIG].issuer.provisioning_listen
+    if listen is None:
+        return
+    local = request.transport.get_extra_info("sockname") if request.transport else None
+    if not local or local[1] != listen.port:
+        raise NotFound("Unrecognized request")
 
 
 def authenticate(request: web.Request) -> None:
@@ -298,6 +308,7 @@ def _served(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamR
     async def serve(request: web.Request) -> web.StreamResponse:
         response: web.StreamResponse
         try:
+            on_its_listener(request)
             authenticate(request)
             response = await endpoint(request, request.app[PROVISIONING])
         except MatrixError as e:

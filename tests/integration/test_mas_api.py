@@ -17,6 +17,8 @@ import asyncio
 import base64
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from bridge.app import create_app
@@ -34,7 +37,13 @@ from bridge.config import AppserviceConfig, Strategy, parse_config
 from tests.integration.conftest import BridgeClient, Login, auth, new_localpart
 from tests.support.dendrite import DendriteServer
 from tests.support.issuer import TestIssuer
-from tests.support.stack import SERVER_NAME, bridge_config_document, store_section
+from tests.support.net import free_port, wait_http
+from tests.support.stack import (
+    SERVER_NAME,
+    bridge_config_document,
+    served_bridge_document,
+    store_section,
+)
 from tests.support.synapse import ADMIN_LOCALPART, SynapseServer
 
 V3 = "/_matrix/client/v3"
@@ -630,3 +639,49 @@ async def test_on_dendrite(
     status, answer = await mas.call("reactivate_user", {"localpart": lena})
     assert (status, answer["errcode"]) == (404, "M_UNRECOGNIZED")
     assert await displayname() is None  # still there, still active
+
+
+async def test_the_api_can_have_a_listener_of_its_own(
+    tmp_path: Path,
+    issuer: TestIssuer,
+    synapse: SynapseServer,
+    appservice: AppserviceConfig,
+    http: aiohttp.ClientSession,
+) -> None:
+    """issuer.provisioning_listen: /_synapse/mas/* on that listener only (a real serve)."""
+    public, internal = free_port(), free_port()
+    document = served_bridge_document(
+        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice, port=public
+    )
+    document["homeserver"]["strategy"] = "masquerade"  # type: ignore[index]
+    document["issuer"] = {
+        "issuer": issuer.url,
+        "kind": "mas",
+        "introspection": {"auth": "mas_shared_secret", "client_secret": issuer.mas_shared_secret},
+        "provisioning_listen": {"host": "127.0.0.1", "port": internal},
+    }
+    config = tmp_path / "bridge.yaml"
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    process = _serve(config)
+    try:
+        wait_http(
+            f"http://127.0.0.1:{public}/.well-known/matrix/client",
+            is_alive=lambda: process.poll() is None,
+        )
+        headers = {"Authorization": f"Bearer {issuer.mas_shared_secret}"}
+        path = "/_synapse/mas/is_localpart_available?localpart=" + new_localpart("free")
+        async with http.get(f"http://127.0.0.1:{public}{path}", headers=headers) as resp:
+            assert (resp.status, (await resp.json())["errcode"]) == (404, "M_UNRECOGNIZED")
+        async with http.get(f"http://127.0.0.1:{internal}{path}", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _serve(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
