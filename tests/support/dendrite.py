@@ -9,15 +9,9 @@ Dendrite serves at ``/_synapse/admin/v1/register`` when
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
 import secrets
-import signal
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tests.support.homeserver import register_admin, stop_process, tail
 from tests.support.net import free_port, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,33 +38,6 @@ _COMPONENT_DATABASES = {
     "mscs": "mscs",
 }
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never use a proxy
-
-
-def _tail(path: Path, lines: int) -> str:
-    """Return the last ``lines`` lines of ``path``, or a note if it does not exist."""
-    if not path.exists():
-        return f"<{path.name} does not exist>"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _request(
-    method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None
-) -> dict[str, Any]:
-    """Send a JSON request over loopback and return the decoded JSON answer."""
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with _OPENER.open(req, timeout=30) as resp:
-            result: dict[str, Any] = json.load(resp)
-            return result
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise RuntimeError(f"{method} {url} -> {exc.code}: {detail}") from exc
-
 
 @dataclass
 class DendriteServer:
@@ -84,18 +52,11 @@ class DendriteServer:
 
     def stop(self) -> None:
         """Stop Dendrite: SIGTERM, wait up to 10 s, then SIGKILL."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
-    def log_tail(self, lines: int = 50) -> str:
+    def logtail(self, lines: int = 50) -> str:
         """Return the last ``lines`` lines of Dendrite's log (its stdout and stderr)."""
-        return _tail(self.workdir / LOG_NAME, lines)
+        return tail(self.workdir / LOG_NAME, lines)
 
 
 def _database(workdir: Path, name: str) -> dict[str, Any]:
@@ -167,27 +128,6 @@ def _config(
     for section, name in _COMPONENT_DATABASES.items():
         config.setdefault(section, {})["database"] = _database(workdir, name)
     return config
-
-
-def _register_admin(base_url: str, shared_secret: str) -> tuple[str, str]:
-    """Create the admin user with the shared-secret API; return (user_id, access_token)."""
-    url = f"{base_url}/_synapse/admin/v1/register"
-    nonce = str(_request("GET", url)["nonce"])
-    password = secrets.token_urlsafe(24)
-    mac = hmac.new(shared_secret.encode(), digestmod=hashlib.sha1)
-    mac.update(b"\x00".join(s.encode() for s in (nonce, ADMIN_LOCALPART, password, "admin")))
-    answer = _request(
-        "POST",
-        url,
-        {
-            "nonce": nonce,
-            "username": ADMIN_LOCALPART,
-            "password": password,
-            "admin": True,
-            "mac": mac.hexdigest(),
-        },
-    )
-    return str(answer["user_id"]), str(answer["access_token"])
 
 
 def start_dendrite(
@@ -263,10 +203,12 @@ def start_dendrite(
             timeout=60,
             is_alive=lambda: process.poll() is None,
         )
-        server.admin_user_id, server.admin_token = _register_admin(base_url, shared_secret)
+        server.admin_user_id, server.admin_token = register_admin(
+            base_url, shared_secret, ADMIN_LOCALPART
+        )
     except Exception as exc:
         server.stop()
         raise RuntimeError(
-            f"Dendrite failed to start ({exc})\n--- {LOG_NAME} ---\n{server.log_tail(40)}"
+            f"Dendrite failed to start ({exc})\n--- {LOG_NAME} ---\n{server.logtail(40)}"
         ) from exc
     return server

@@ -12,14 +12,8 @@ user is created.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import secrets
-import signal
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from tests.support.homeserver import register_admin, request_json, stop_process, tail
 from tests.support.net import free_port, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,33 +62,6 @@ _KEYGEN = (
     "with open(sys.argv[1], 'w') as f: k.write_signing_keys(f, [k.generate_signing_key('a')])\n"
 )
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never use a proxy
-
-
-def _tail(path: Path, lines: int) -> str:
-    """Return the last ``lines`` lines of ``path``, or a note if it does not exist."""
-    if not path.exists():
-        return f"<{path.name} does not exist>"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _request(
-    method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None
-) -> dict[str, Any]:
-    """Send a JSON request over loopback and return the decoded JSON answer."""
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with _OPENER.open(req, timeout=30) as resp:
-            result: dict[str, Any] = json.load(resp)
-            return result
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise RuntimeError(f"{method} {url} -> {exc.code}: {detail}") from exc
-
 
 @dataclass(frozen=True)
 class MasMode:
@@ -120,14 +88,7 @@ class SynapseServer:
 
     def stop(self) -> None:
         """Stop Synapse: SIGTERM, wait up to 10 s, then SIGKILL."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def provision_as_mas(self, localpart: str, device_id: str) -> None:
         """MAS mode only: create the user and the device as MAS does, through
@@ -138,11 +99,11 @@ class SynapseServer:
             ("provision_user", {"localpart": localpart}),
             ("upsert_device", {"localpart": localpart, "device_id": device_id}),
         ):
-            _request("POST", f"{self.base_url}/_synapse/mas/{endpoint}", body, self.mas.secret)
+            request_json("POST", f"{self.base_url}/_synapse/mas/{endpoint}", body, self.mas.secret)
 
-    def log_tail(self, lines: int = 50) -> str:
+    def logtail(self, lines: int = 50) -> str:
         """Return the last ``lines`` lines of homeserver.log (for debugging failed tests)."""
-        return _tail(self.workdir / "homeserver.log", lines)
+        return tail(self.workdir / "homeserver.log", lines)
 
     def restart(self, *, wipe: bool = False) -> None:
         """Stop Synapse and start it again on the same port, with the same
@@ -167,15 +128,15 @@ class SynapseServer:
             )
             if wipe and self.mas is None:
                 config = yaml.safe_load(config_path.read_text())
-                self.admin_user_id, self.admin_token = _register_admin(
-                    self.base_url, str(config["registration_shared_secret"])
+                self.admin_user_id, self.admin_token = register_admin(
+                    self.base_url, str(config["registration_shared_secret"]), ADMIN_LOCALPART
                 )
         except Exception as exc:
             self.stop()
             raise RuntimeError(
                 f"Synapse failed to restart ({exc})\n--- synapse.out ---\n"
-                f"{_tail(self.workdir / 'synapse.out', 30)}\n"
-                f"--- homeserver.log ---\n{self.log_tail(30)}"
+                f"{tail(self.workdir / 'synapse.out', 30)}\n"
+                f"--- homeserver.log ---\n{self.logtail(30)}"
             ) from exc
 
 
@@ -261,27 +222,6 @@ def _write_config(
     return path
 
 
-def _register_admin(base_url: str, shared_secret: str) -> tuple[str, str]:
-    """Create the admin user with the shared-secret API; return (user_id, access_token)."""
-    url = f"{base_url}/_synapse/admin/v1/register"
-    nonce = str(_request("GET", url)["nonce"])
-    password = secrets.token_urlsafe(24)
-    mac = hmac.new(shared_secret.encode(), digestmod=hashlib.sha1)
-    mac.update(b"\x00".join(s.encode() for s in (nonce, ADMIN_LOCALPART, password, "admin")))
-    answer = _request(
-        "POST",
-        url,
-        {
-            "nonce": nonce,
-            "username": ADMIN_LOCALPART,
-            "password": password,
-            "admin": True,
-            "mac": mac.hexdigest(),
-        },
-    )
-    return str(answer["user_id"]), str(answer["access_token"])
-
-
 def _spawn(python: Path, config: Path, workdir: Path) -> subprocess.Popen[bytes]:
     """Run Synapse on ``config``, its output appended to ``workdir/synapse.out``."""
     with (workdir / "synapse.out").open("ab") as out:
@@ -345,11 +285,13 @@ def start_synapse(
             is_alive=lambda: process.poll() is None,
         )
         if mas is None:
-            server.admin_user_id, server.admin_token = _register_admin(base_url, shared_secret)
+            server.admin_user_id, server.admin_token = register_admin(
+                base_url, shared_secret, ADMIN_LOCALPART
+            )
     except Exception as exc:
         server.stop()
         raise RuntimeError(
-            f"Synapse failed to start ({exc})\n--- synapse.out ---\n{_tail(output, 30)}\n"
-            f"--- homeserver.log ---\n{server.log_tail(30)}"
+            f"Synapse failed to start ({exc})\n--- synapse.out ---\n{tail(output, 30)}\n"
+            f"--- homeserver.log ---\n{server.logtail(30)}"
         ) from exc
     return server
