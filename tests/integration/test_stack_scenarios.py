@@ -316,13 +316,20 @@ async def test_same_transaction_id_from_two_users_and_two_devices(
     assert again == sent[0]
 
     await homeserver.admin_joins(room_id)
-    assert sorted(await homeserver.messages(room_id)) == sorted(
+    expected = sorted(
         [
             (user_id(alice), "from alice 1"),
             (user_id(alice), "from alice 2"),
             (user_id(bob), "from bob"),
         ]
     )
+    # Dendrite's /messages is fed asynchronously (its internal message bus): wait for
+    # the three to arrive, without ever accepting anything else.
+    deadline = time.monotonic() + 10
+    while (seen := sorted(await homeserver.messages(room_id))) != expected:
+        assert len(seen) < 3, seen
+        assert time.monotonic() < deadline, seen
+        await asyncio.sleep(0.1)
 
 
 def _rewritten(bridge: BridgeClient, localpart: str, device_id: str, txn_id: str) -> str:
