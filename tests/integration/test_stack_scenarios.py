@@ -199,14 +199,21 @@ class Homeserver:
         """The admin joins a public room, to see it as any member would."""
         await self.as_admin("POST", f"{V3}/join/{quote(room_id)}", {})
 
-    async def messages(self, room_id: str) -> list[tuple[str, str]]:
-        """(sender, body) of the room's messages as a member sees them, oldest first."""
-        answer = await self.as_admin("GET", f"{r(room_id)}/messages?dir=b&limit=50")
-        return [
-            (e["sender"], e["content"].get("body"))
-            for e in reversed(answer["chunk"])
-            if e["type"] == "m.room.message"
-        ]
+    async def messages(self, room_id: str, *, until: int) -> list[tuple[str, str]]:
+        """(sender, body) of the room's messages as a member sees them, oldest first, once
+        there are ``until`` of them (Dendrite feeds /messages through its internal
+        message bus, so a read right after sending may come too early), or after 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            answer = await self.as_admin("GET", f"{r(room_id)}/messages?dir=b&limit=50")
+            found = [
+                (e["sender"], e["content"].get("body"))
+                for e in reversed(answer["chunk"])
+                if e["type"] == "m.room.message"
+            ]
+            if len(found) >= until or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -264,7 +271,7 @@ async def test_send_a_message_and_see_it_in_sync(
         {"msgtype": "m.text", "body": "hello"},
     )
     await homeserver.admin_joins(room_id)
-    assert await homeserver.messages(room_id) == [(user_id(alice), "hello")]
+    assert await homeserver.messages(room_id, until=1) == [(user_id(alice), "hello")]
 
 
 async def test_to_device_reaches_only_the_addressed_device(stack: Stack, login: Login) -> None:
@@ -323,13 +330,7 @@ async def test_same_transaction_id_from_two_users_and_two_devices(
             (user_id(bob), "from bob"),
         ]
     )
-    # Dendrite's /messages is fed asynchronously (its internal message bus): wait for
-    # the three to arrive, without ever accepting anything else.
-    deadline = time.monotonic() + 10
-    while (seen := sorted(await homeserver.messages(room_id))) != expected:
-        assert len(seen) < 3, seen
-        assert time.monotonic() < deadline, seen
-        await asyncio.sleep(0.1)
+    assert sorted(await homeserver.messages(room_id, until=3)) == expected
 
 
 def _rewritten(bridge: BridgeClient, localpart: str, device_id: str, txn_id: str) -> str:
