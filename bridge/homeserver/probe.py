@@ -18,6 +18,7 @@ as the appservice's own sender user, and removes what it created.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -144,14 +145,14 @@ async def probe(session: aiohttp.ClientSession, config: BridgeConfig) -> ProbeRe
     )
 
 
-# Fixed device IDs: whatever a homeserver fails to remove after a probe is the
-# same device the next probe uses, never one more per start.
-_LOGIN_PROBE_DEVICE = "MATRIXOIDCBRIDGEPROBE"
-_MASQUERADE_PROBE_DEVICE = "MATRIXOIDCBRIDGEPROBE2"
+def _probe_device() -> str:
+    """A device ID of the probe's own: instances starting at once must not share one
+    (one's clean-up would end the other's probe). Each is removed after use."""
+    return "BRIDGEPROBE" + secrets.token_hex(6).upper()
 
 
 async def _appservice_login(hs: _Homeserver, sender_localpart: str) -> bool:
-    device_id = _LOGIN_PROBE_DEVICE
+    device_id = _probe_device()
     status, answer = await hs.call(
         "POST",
         f"{_V3}/login",
@@ -180,7 +181,7 @@ async def _appservice_login(hs: _Homeserver, sender_localpart: str) -> bool:
 
 
 async def _device_masquerade(hs: _Homeserver, sender: str) -> tuple[bool, bool]:
-    device_id = _MASQUERADE_PROBE_DEVICE
+    device_id = _probe_device()
     path = f"{_V3}/devices/{quote(device_id, safe='')}"
     status, _ = await hs.call("PUT", path, {}, params=(("user_id", sender),))
     if status not in (200, 201):
