@@ -268,23 +268,29 @@ class _Section:
             raise ConfigError(self.key(name), "must be a mapping with string keys")
         return dict(value)
 
+    def _secret_file(self, name: str, inline: object) -> str | None:
+        """The text of the file named by ``name_file``, if given (never both it and
+        ``name``); its empty lines do not count as content."""
+        file_name = self.opt_text(f"{name}_file")
+        if file_name is None:
+            return None
+        if inline is not None:
+            raise ConfigError(self.key(name), f"give either {name} or {name}_file, not both")
+        path = Path(os.path.expandvars(file_name))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(self.key(f"{name}_file"), f"cannot read {path}: {e.strerror}") from e
+        if not text.strip():
+            raise ConfigError(self.key(f"{name}_file"), f"{path} is empty")
+        return text
+
     def secret(self, name: str) -> str:
         """A secret given inline as ``name`` or in the file named by ``name_file``."""
         inline = self.opt_text(name)
-        file_name = self.opt_text(f"{name}_file")
-        if inline is not None and file_name is not None:
-            raise ConfigError(self.key(name), f"give either {name} or {name}_file, not both")
-        if file_name is not None:
-            path = Path(os.path.expandvars(file_name))
-            try:
-                value = path.read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise ConfigError(
-                    self.key(f"{name}_file"), f"cannot read {path}: {e.strerror}"
-                ) from e
-            if not value:
-                raise ConfigError(self.key(f"{name}_file"), f"{path} is empty")
-            return value
+        text = self._secret_file(name, inline)
+        if text is not None:
+            return text.strip()
         if inline is None:
             raise ConfigError(self.key(name), f"is required (or {name}_file)")
         return inline
@@ -292,21 +298,9 @@ class _Section:
     def secret_list(self, name: str) -> tuple[str, ...]:
         """Secrets given inline as the list ``name``, or one a line in the file ``name_file``."""
         inline = self._get(name)
-        file_name = self.opt_text(f"{name}_file")
-        if inline is not None and file_name is not None:
-            raise ConfigError(self.key(name), f"give either {name} or {name}_file, not both")
-        if file_name is not None:
-            path = Path(os.path.expandvars(file_name))
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as e:
-                raise ConfigError(
-                    self.key(f"{name}_file"), f"cannot read {path}: {e.strerror}"
-                ) from e
-            values = tuple(line.strip() for line in text.splitlines() if line.strip())
-            if not values:
-                raise ConfigError(self.key(f"{name}_file"), f"{path} is empty")
-            return values
+        text = self._secret_file(name, inline)
+        if text is not None:
+            return tuple(line.strip() for line in text.splitlines() if line.strip())
         if inline is None:
             raise ConfigError(self.key(name), f"is required (or {name}_file)")
         if (
