@@ -9,6 +9,7 @@ credentials can be named as ``${CREDENTIALS_DIRECTORY}/as_token``.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -32,6 +33,7 @@ StoreKind = Literal["sqlite", "postgres"]
 _SERVER_NAME = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?$")
 # Localparts the bridge itself sends as (the appservice sender): the modern grammar.
 _LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+_SIZE = re.compile(r"([1-9][0-9]*)\s*([KkMmGg]?)")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,15 @@ class ListenConfig:
 
     host: str = "127.0.0.1"
     port: int = 8008
+    # Processes serving the port together (SO_REUSEPORT), each with its own
+    # caches, supervised by the main process.
+    workers: int = 1
+    # Peers whose X-Forwarded-For/-Proto are believed (a reverse proxy in front):
+    # the bridge appends to their chain. Anyone else's are replaced.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Largest request body forwarded (Synapse's max_upload_size default): a
+    # larger one is 413 M_TOO_LARGE before a byte reaches the homeserver.
+    max_request_body: int = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,8 +84,15 @@ class HomeserverConfig:
     # when the configured one cannot.
     probe_at_start: bool = True
     connect_timeout: float = 10.0
-    # Long enough for the longest /sync long-poll a client may ask for.
-    read_timeout: float = 180.0
+    # Seconds of silence from the homeserver before a request is given up (504).
+    read_timeout: float = 60.0
+    # A long poll (/sync, /events, sliding sync) waits for its own ``timeout``
+    # parameter plus this margin instead.
+    long_poll_margin: float = 15.0
+    # Connections to the homeserver: one pool for ordinary requests, and one
+    # of its own for long polls, so held long polls never starve the rest.
+    pool_size: int = 100
+    long_poll_pool_size: int = 10_000
     admin_api_allowlist: tuple[str, ...] = ()
     provisioning_cache_size: int = 100_000
     provisioning_cache_ttl: float = 600.0
@@ -260,6 +278,26 @@ class _Section:
             raise ConfigError(self.key(name), "must be a list of non-empty strings")
         return tuple(value)
 
+    def networks(
+        self, name: str
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """A list of CIDRs (a bare address is a /32 or /128)."""
+        try:
+            return tuple(ipaddress.ip_network(v, strict=False) for v in self.text_list(name))
+        except ValueError as e:
+            raise ConfigError(self.key(name), str(e)) from e
+
+    def size(self, name: str, default: int) -> int:
+        """A byte count: an integer, or a number with K, M or G (powers of 1024)."""
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+            return int(m[1]) * 1024 ** " KMG".index((m[2] or " ").upper())
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        raise ConfigError(self.key(name), "must be a positive byte count such as 52428800 or 50M")
+
     def mapping(self, name: str) -> dict[str, Any]:
         value = self._get(name)
         if value is None:
@@ -404,7 +442,10 @@ def _parse_homeserver(top: _Section) -> HomeserverConfig:
         strategy=cast(Strategy, strategy),
         probe_at_start=sec.boolean("probe_at_start", True),
         connect_timeout=sec.number("connect_timeout", 10.0, minimum=0.1),
-        read_timeout=sec.number("read_timeout", 180.0, minimum=1.0),
+        read_timeout=sec.number("read_timeout", 60.0, minimum=1.0),
+        long_poll_margin=sec.number("long_poll_margin", 15.0, minimum=1.0),
+        pool_size=sec.integer("pool_size", 100, minimum=1),
+        long_poll_pool_size=sec.integer("long_poll_pool_size", 10_000, minimum=1),
         admin_api_allowlist=allowlist,
         provisioning_cache_size=sec.integer("provisioning_cache_size", 100_000, minimum=1),
         provisioning_cache_ttl=sec.number("provisioning_cache_ttl", 600.0, minimum=1.0),
@@ -518,6 +559,9 @@ def parse_config(raw: object) -> BridgeConfig:
     listen = ListenConfig(
         host=listen_sec.text("host", "127.0.0.1"),
         port=listen_sec.integer("port", 8008, minimum=0, maximum=65535),
+        workers=listen_sec.integer("workers", 1, minimum=1, maximum=256),
+        trusted_proxies=listen_sec.networks("trusted_proxies"),
+        max_request_body=listen_sec.size("max_request_body", 50 * 1024 * 1024),
     )
     listen_sec.finish()
 

@@ -317,3 +317,38 @@ def test_device_login_is_the_default_and_needs_a_store() -> None:
     config = parse_config(doc)
     assert config.homeserver.strategy == "device_login"
     assert config.homeserver.probe_at_start is True
+
+
+def test_listen_limits_and_trusted_proxies() -> None:
+    document = minimal()
+    document["listen"] = {
+        "workers": 2,
+        "trusted_proxies": ["10.0.0.0/8", "::1", "192.168.1.7"],
+        "max_request_body": "2G",
+    }
+    config = parse_config(document)
+    assert config.listen.workers == 2
+    assert [str(n) for n in config.listen.trusted_proxies] == [
+        "10.0.0.0/8",
+        "::1/128",
+        "192.168.1.7/32",
+    ]
+    assert config.listen.max_request_body == 2 * 1024**3
+    assert parse_config(minimal()).listen.max_request_body == 50 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("trusted_proxies", ["10.0.0.0/33"]),
+        ("trusted_proxies", ["example.org"]),
+        ("max_request_body", "50 MB"),
+        ("max_request_body", 0),
+        ("workers", 0),
+    ],
+)
+def test_listen_bad_values_name_the_key(key: str, value: object) -> None:
+    document = minimal()
+    document["listen"] = {key: value}
+    with pytest.raises(ConfigError, match=rf"listen\.{key}"):
+        parse_config(document)
