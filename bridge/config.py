@@ -278,9 +278,7 @@ class _Section:
             raise ConfigError(self.key(name), "must be a list of non-empty strings")
         return tuple(value)
 
-    def networks(
-        self, name: str
-    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """A list of CIDRs (a bare address is a /32 or /128)."""
         try:
             return tuple(ipaddress.ip_network(v, strict=False) for v in self.text_list(name))
