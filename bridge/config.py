@@ -291,7 +291,8 @@ class _Section:
         if value is None:
             return default
         if isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
-            return int(m[1]) * 1024 ** " KMG".index((m[2] or " ").upper())
+            exponent: int = " KMG".index((m[2] or " ").upper())
+            return int(m[1]) * 1024**exponent
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
         raise ConfigError(self.key(name), "must be a positive byte count such as 52428800 or 50M")
