@@ -291,8 +291,7 @@ class _Section:
         if value is None:
             return default
         if isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
-            exponent: int = " KMG".index((m[2] or " ").upper())
-            return int(m[1]) * 1024**exponent
+            return int(m[1]) << 10 * " KMG".index((m[2] or " ").upper())
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
         raise ConfigError(self.key(name), "must be a positive byte count such as 52428800 or 50M")
