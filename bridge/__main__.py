@@ -22,9 +22,14 @@ from bridge.errors import ConfigError
 from bridge.homeserver.probe import ProbeFailed, probe
 from bridge.homeserver.registration import registration
 from bridge.store import open_store
+from bridge.workers import Supervisor, reuseport_sockets, worker_channel
+
+log = logging.getLogger("bridge")
 
 # systemd's RestartPreventExitStatus= can name it: a config error will not fix itself.
 EXIT_CONFIG = 11
+# Seconds a stopping process waits for requests in flight (aiohttp's graceful shutdown).
+SHUTDOWN_TIMEOUT = 10.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+        if name == "serve":
+            # Internal: how the main process starts a worker (listen.workers > 1),
+            # with the fd of its channel to the main process (bridge.workers).
+            command.add_argument("--worker", type=int, metavar="FD", help=argparse.SUPPRESS)
         if name == "generate-registration":
             command.add_argument(
                 "-o", "--output", type=Path, required=True, help="registration file to write"
@@ -46,25 +55,87 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(config: BridgeConfig) -> None:
+def _logging(*, with_pid: bool = False) -> None:
+    # With several processes, each line says which one wrote it.
+    pid = " [%(process)d]" if with_pid else ""
     logging.basicConfig(
         level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s{pid} %(name)s %(message)s",
     )
+
+
+def _run_app(
+    app: web.Application,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sock: list[socket.socket] | None = None,
+) -> None:
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        sock=sock,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("bridge.access"),
+        print=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # A client that goes away cancels its handler, and so its upstream request.
+        handler_cancellation=True,
+    )
+
+
+def _serve(config: BridgeConfig) -> None:
+    """One process (``listen.workers: 1``)."""
+    _logging()
     # MAS's provisioning API on a listener of its own, when configured (the routes
     # answer there only: bridge.routes.mas_api.on_its_listener).
     extra = config.issuer.provisioning_listen
     sockets = [socket.create_server((extra.host, extra.port))] if extra else None
-    web.run_app(
-        create_app(config),
-        host=config.listen.host,
-        port=config.listen.port,
-        sock=sockets,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("bridge.access"),
-        print=None,
-        shutdown_timeout=10.0,
+    _run_app(create_app(config), host=config.listen.host, port=config.listen.port, sock=sockets)
+
+
+def _supervise(config_path: Path, config: BridgeConfig) -> int:
+    """The main process of ``listen.workers`` > 1: starts and watches the workers."""
+    if config.listen.port == 0:
+        raise ConfigError(
+            "listen.port", "must not be 0 with listen.workers above 1 (one port for all)"
+        )
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("listen.workers", "must be 1: this system has no SO_REUSEPORT")
+    _logging(with_pid=True)
+    command = [sys.executable, "-m", "bridge", "serve"]
+    command += ["-c", os.path.abspath(config_path), "--worker"]
+    supervisor = Supervisor(
+        command,
+        config.listen.workers,
+        # The workers' own drain, and a little time for their cleanup.
+        stop_timeout=SHUTDOWN_TIMEOUT + 5.0,
+        config_error_code=EXIT_CONFIG,
     )
+    return supervisor.run()
+
+
+def _serve_worker(config: BridgeConfig, channel_fd: int) -> int:
+    """A worker: its own application, on sockets shared with the others (SO_REUSEPORT)."""
+    _logging(with_pid=True)
+    listeners = [(config.listen.host, config.listen.port)]
+    if (extra := config.issuer.provisioning_listen) is not None:
+        listeners.append((extra.host, extra.port))
+    sockets: list[socket.socket] = []
+    for host, port in listeners:
+        try:
+            sockets += reuseport_sockets(host, port)
+        except OSError as e:
+            log.error("cannot listen on %s port %d: %s", host, port, e.strerror or e)
+            for sock in sockets:
+                sock.close()
+            return 1
+    app = create_app(config)
+    # Last, so that "ready" means every other startup hook has run.
+    app.cleanup_ctx.append(worker_channel(channel_fd))
+    _run_app(app, sock=sockets)
+    return 0
 
 
 def _write_registration(config: BridgeConfig, output: Path) -> None:
@@ -119,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_probe(config))
         elif args.command == "rotate-key":
             return asyncio.run(_rotate_key(config))
+        elif args.worker is not None:
+            return _serve_worker(config, args.worker)
+        elif config.listen.workers > 1:
+            return _supervise(args.config, config)
         else:
             _serve(config)
     except ConfigError as e:

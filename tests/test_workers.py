@@ -1,0 +1,390 @@
+"""``listen.workers``: processes sharing one port (SO_REUSEPORT), supervised by the main one.
+
+Real ``python -m bridge serve`` processes on 127.0.0.1, in front of the fake issuer and
+homeserver (served by this test's event loop). Which process served a request is read
+from the access log: with several workers, every log line names its process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from cryptography.fernet import Fernet
+from pytest_aiohttp import AiohttpServer
+
+from bridge.config import load_config
+from bridge.store import open_store
+from tests.fakes import (
+    AS_TOKEN,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    HS_TOKEN,
+    PUBLIC_BASEURL,
+    SERVER_NAME,
+    FakeHomeserver,
+    FakeIssuer,
+    active_claims,
+    free_port,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "oauth-token-for-alice"
+WHOAMI = "/_matrix/client/v3/account/whoami"
+
+
+def _document(issuer_url: str, homeserver_url: str, port: int, workers: int) -> dict[str, Any]:
+    return {
+        "server_name": SERVER_NAME,
+        "public_baseurl": PUBLIC_BASEURL,
+        "homeserver": {"url": homeserver_url, "strategy": "masquerade", "probe_at_start": False},
+        "appservice": {"as_token": AS_TOKEN, "hs_token": HS_TOKEN},
+        "issuer": {
+            "issuer": issuer_url,
+            "introspection": {
+                "auth": "client_secret_basic",
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+            },
+        },
+        "listen": {"host": "127.0.0.1", "port": port, "workers": workers},
+    }
+
+
+def _children(pid: int) -> set[int]:
+    """The live (not zombie) child processes of ``pid``, from /proc/*/stat."""
+    found: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        state, ppid = text[text.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+
+def _exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+async def _until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {within}s")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Served:
+    """A ``serve`` process, its stdout and stderr in ``log_path``."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8")
+
+    def children(self) -> set[int]:
+        return _children(self.process.pid)
+
+    def ready(self) -> list[int]:
+        """The workers that said they were ready, in order (pids)."""
+        return [int(pid) for pid in re.findall(r"worker \d+ \(pid (\d+)\) ready", self.log())]
+
+    def served(self, path: str = WHOAMI) -> list[int]:
+        """The process of each request for ``path`` answered 200, from the access log."""
+        pattern = rf"\[(\d+)\] bridge\.access \S+ GET {re.escape(path)} 200 "
+        return [int(pid) for pid in re.findall(pattern, self.log())]
+
+    async def wait(self) -> int:
+        return await asyncio.to_thread(self.process.wait, 30)
+
+
+def _run(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bridge", "serve", "-c", str(config)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "BRIDGE_LOG_LEVEL": "INFO"},
+        )
+
+
+Start = Callable[..., Awaitable[Served]]
+
+
+@pytest.fixture
+async def issuer(aiohttp_server: AiohttpServer) -> FakeIssuer:
+    issuer = await FakeIssuer.start(aiohttp_server)
+    issuer.tokens[TOKEN] = active_claims("alice", "DEVA")
+    return issuer
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every ``serve`` process a test starts; killed (with its workers) if still running."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            workers = _children(process.pid)
+            process.kill()
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def start(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    processes: list[subprocess.Popen[bytes]],
+) -> Start:
+    """Start ``serve`` with ``workers`` and wait until every worker is ready."""
+
+    async def start(workers: int) -> Served:
+        port = free_port()
+        config = tmp_path / f"bridge-{port}.yaml"
+        config.write_text(yaml.safe_dump(_document(issuer.url, homeserver.url, port, workers)))
+        log_path = config.with_suffix(".log")
+        served = Served(_run(config, log_path), port, log_path)
+        processes.append(served.process)
+
+        def up() -> bool:
+            if served.process.poll() is not None:
+                raise AssertionError(f"serve exited early:\n{served.log()}")
+            if workers > 1:
+                return len(served.ready()) == workers
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        await _until(up, "ready")
+        return served
+
+    return start
+
+
+async def _whoami(served: Served, count: int) -> None:
+    """``count`` requests, each on a connection of its own (so the kernel picks a
+    worker for each), all answered 200."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(count):
+            async with session.get(
+                served.base + WHOAMI, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+
+
+async def test_two_workers_serve_the_port(start: Start, issuer: FakeIssuer) -> None:
+    served = await start(workers=2)
+    workers = served.children()
+    assert len(workers) == 2
+    assert set(served.ready()) == workers  # the main process serves nothing
+    for pid in workers:
+        assert "--worker" in _cmdline(pid)
+
+    await _whoami(served, 40)
+    # Both workers answered (the chance that 40 connections all go to one is 2**-39).
+    await _until(lambda: len(served.served()) == 40, "40 requests in the access log")
+    assert set(served.served()) == workers
+    # Each worker has a token cache of its own: each asked the issuer once.
+    assert len(issuer.introspections) == 2
+
+
+async def test_a_killed_worker_is_replaced(start: Start) -> None:
+    served = await start(workers=2)
+    killed, kept = sorted(served.children())
+    os.kill(killed, signal.SIGKILL)
+
+    await _until(lambda: len(served.ready()) == 3, "a new worker ready")
+    new = served.ready()[-1]
+    assert new not in (killed, kept)
+    assert served.children() == {kept, new}
+    assert f"(pid {killed}) was killed by SIGKILL; starting it again in 0.5s" in served.log()
+    assert served.process.poll() is None
+
+    await _whoami(served, 30)
+    await _until(lambda: len(served.served()) == 30, "30 requests in the access log")
+    assert set(served.served()) == {kept, new}
+
+
+async def test_sigterm_drains_requests_in_flight(start: Start, homeserver: FakeHomeserver) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(_request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await release.wait()
+        return web.json_response({"user_id": f"@alice:{SERVER_NAME}"})
+
+    homeserver.answer = slow
+    served = await start(workers=2)
+    workers = served.children()
+
+    async def ask() -> tuple[int, object]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(served.base + WHOAMI, headers={"Authorization": f"Bearer {TOKEN}"}) as resp,
+        ):
+            return resp.status, await resp.json()
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", served.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    request = asyncio.create_task(ask())
+    try:
+        await asyncio.wait_for(arrived.wait(), 10)
+        served.process.send_signal(signal.SIGTERM)
+        # Draining: no new connections; the idle worker is gone, the busy one waits.
+        await _until(refused, "the port closed")
+        await _until(lambda: len(served.children()) == 1, "the idle worker gone")
+        await asyncio.sleep(0.5)
+        assert served.process.poll() is None
+        assert not request.done()
+
+        release.set()
+        assert await request == (200, {"user_id": f"@alice:{SERVER_NAME}"})
+    finally:
+        request.cancel()
+
+    assert await served.wait() == 0
+    logged = served.log()
+    assert "SIGTERM: stopping the workers" in logged
+    for pid in workers:
+        assert f"(pid {pid}) exited with code 0" in logged
+        assert not _exists(pid)
+    assert served.served() != []
+
+
+async def test_one_worker_is_one_process(start: Start) -> None:
+    served = await start(workers=1)
+    assert served.children() == set()
+    await _whoami(served, 3)
+    served.process.send_signal(signal.SIGTERM)
+    assert await served.wait() == 0
+    assert "bridge.workers" not in served.log()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_client_that_goes_away_cancels_the_upstream_request(
+    start: Start, homeserver: FakeHomeserver, workers: int
+) -> None:
+    arrived, gone = asyncio.Event(), asyncio.Event()
+
+    async def hold(_request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            # The fake's server (aiohttp's TestServer) cancels a handler whose
+            # connection is lost: the bridge closed its upstream connection.
+            gone.set()
+            raise
+        return web.json_response({})
+
+    homeserver.answer = hold
+    served = await start(workers=workers)
+    _, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    head = f"GET {WHOAMI} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    writer.write(head.encode())
+    await writer.drain()
+    await asyncio.wait_for(arrived.wait(), 10)
+    writer.close()
+    await writer.wait_closed()
+    # The bridge dropped its request to the homeserver (handler_cancellation).
+    await asyncio.wait_for(gone.wait(), 5)
+
+
+async def test_a_config_error_in_a_worker_stops_all_with_11(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """The store cannot be read with the configured key: a config error the main
+    process cannot see, found by each worker at start."""
+    db = tmp_path / "bridge.db"
+    document = _document("http://127.0.0.1:9/", "http://127.0.0.1:9", free_port(), 2)
+    document["homeserver"]["strategy"] = "device_login"
+    document["store"] = {"path": str(db), "encryption_keys": [Fernet.generate_key().decode()]}
+    config = tmp_path / "bridge.yaml"
+    config.write_text(yaml.safe_dump(document))
+    store = await open_store(load_config(config).store)  # type: ignore[arg-type]
+    await store.save_device_token("@alice:example.org", "DEVA", "syt_secret")
+    await store.close()
+    document["store"]["encryption_keys"] = [Fernet.generate_key().decode()]
+    config.write_text(yaml.safe_dump(document))
+
+    log_path = tmp_path / "bridge.log"
+    process = _run(config, log_path)
+    processes.append(process)
+    assert await asyncio.to_thread(process.wait, 30) == 11
+    logged = log_path.read_text(encoding="utf-8")
+    assert "store.encryption_keys" in logged
+    assert "exited with code 11: a configuration error; stopping every worker" in logged
+    assert "syt_secret" not in logged
+
+
+async def test_workers_that_cannot_start_stop_all_with_1(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """The port is held by another program (without SO_REUSEPORT)."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "bridge.yaml"
+        config.write_text(
+            yaml.safe_dump(_document("http://127.0.0.1:9/", "http://127.0.0.1:9", port, 2))
+        )
+        log_path = tmp_path / "bridge.log"
+        process = _run(config, log_path)
+        processes.append(process)
+        assert await asyncio.to_thread(process.wait, 30) == 1
+    logged = log_path.read_text(encoding="utf-8")
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in logged
+    assert "3 failed starts in a row; stopping every worker" in logged
+
+
+async def test_workers_need_a_fixed_port(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    config = tmp_path / "bridge.yaml"
+    config.write_text(yaml.safe_dump(_document("http://127.0.0.1:9/", "http://127.0.0.1:9", 0, 2)))
+    log_path = tmp_path / "bridge.log"
+    process = _run(config, log_path)
+    processes.append(process)
+    assert await asyncio.to_thread(process.wait, 30) == 11
+    assert "listen.port" in log_path.read_text(encoding="utf-8")
