@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bridge import __version__
 from bridge.auth.cache import CachedAuthenticator
-from bridge.auth.middleware import auth_middleware
+from bridge.auth.middleware import authenticate
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.auth.verifier import ClaimRules, IntrospectionVerifier
 from bridge.config import BridgeConfig
-from bridge.errors import IssuerUnavailable, error_middleware
+from bridge.errors import IssuerUnavailable, error_response
 from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.device_login import DeviceLogin
 from bridge.homeserver.masquerade import Masquerade
@@ -28,15 +29,17 @@ from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.introspection import Introspector
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.paths import routing_path
 from bridge.proxy import Forwarder
 from bridge.routes import client, compat, discovery, mas_api, well_known
-from bridge.routes.cors import add_cors_headers, preflight_middleware
-from bridge.routes.refused import refused_middleware
+from bridge.routes.cors import add_cors_headers
+from bridge.routes.refused import refuse
 from bridge.state import (
     AUTHENTICATOR,
     CONFIG,
     FORWARDER,
     ISSUER_METADATA,
+    PATH,
     PROVISIONING,
     RESET_APPROVALS,
     STORE,
@@ -104,13 +107,23 @@ async def store(app: web.Application) -> AsyncIterator[None]:
 async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
     """The one pooled homeserver session, the identity strategy and the forwarder."""
     config = app[CONFIG]
-    # Bodies pass through as the homeserver encoded them; nothing is added
-    # that the client did not send itself.
-    async with _session(
-        auto_decompress=False,
-        skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-    ) as session:
+    homeserver = config.homeserver
+
+    def pooled(size: int) -> aiohttp.ClientSession:
+        # Bodies pass through as the homeserver encoded them; nothing is added
+        # that the client did not send itself.
+        return _session(
+            auto_decompress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
+            connector=aiohttp.TCPConnector(limit=size, ttl_dns_cache=300),
+        )
+
+    # Long polls hold their connections: a pool of their own, so that they
+    # never leave ordinary requests waiting for one.
+    async with (
+        pooled(homeserver.pool_size) as session,
+        pooled(homeserver.long_poll_pool_size) as long_poll_session,
+    ):
         appservice = AppserviceClient(session, config)
         strategy: IdentityStrategy
         if config.homeserver.strategy == "device_login":
@@ -121,7 +134,9 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
         txn_key = hmac.new(
             config.appservice.as_token.encode(), b"matrix-oidc-bridge txnId", hashlib.sha256
         ).digest()
-        app[FORWARDER] = Forwarder(session, config.homeserver, strategy, txn_key)
+        app[FORWARDER] = Forwarder(
+            session, config, strategy, txn_key, long_poll_session=long_poll_session
+        )
         if config.issuer.kind == "mas":
             app[PROVISIONING] = Provisioning(
                 appservice, strategy, app[AUTHENTICATOR], app[RESET_APPROVALS], config
@@ -129,11 +144,34 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+@web.middleware
+async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's concerns, in order, in one layer (each layer costs):
+
+    1. the one routing path (:mod:`bridge.paths`), refusing any path a homeserver
+       could read differently; every decision below is taken on it;
+    2. CORS preflight: 204, without a token or the homeserver;
+    3. closed doors, appservice-only endpoints, the admin allow-list
+       (:mod:`bridge.routes.refused`);
+    4. the token, on forwarded routes (:mod:`bridge.auth.middleware`);
+    5. the route's handler;
+
+    and any failure as Matrix JSON (:func:`bridge.errors.error_response`).
+    """
+    try:
+        path = request[PATH] = routing_path(request.raw_path)
+        if request.method == "OPTIONS":
+            return web.Response(status=204)
+        await refuse(request, path)
+        await authenticate(request)
+        return await handler(request)
+    except Exception as e:
+        return error_response(request, e)
+
+
 def create_app(config: BridgeConfig) -> web.Application:
     """The client-facing application for ``config``."""
-    app = web.Application(
-        middlewares=[error_middleware, preflight_middleware, refused_middleware, auth_middleware]
-    )
+    app = web.Application(middlewares=[front])
     app[CONFIG] = config
     app[RESET_APPROVALS] = CrossSigningResetApprovals()
     app.cleanup_ctx.append(probe_homeserver)

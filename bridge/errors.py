@@ -1,4 +1,4 @@
-"""The bridge's errors, and the middleware that renders them as Matrix JSON.
+"""The bridge's errors, and how they are rendered as Matrix JSON.
 
 Hierarchy::
 
@@ -24,7 +24,6 @@ import logging
 from collections.abc import Mapping
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 log = logging.getLogger("bridge.errors")
 
@@ -130,22 +129,21 @@ class HomeserverUnavailable(MatrixError):
     errcode = "M_UNKNOWN"
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every failure as Matrix JSON; never an HTML page or a stack trace."""
-    try:
-        return await handler(request)
-    except MatrixError as e:
-        return e.to_response()
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
+def error_response(request: web.Request, error: Exception) -> web.Response:
+    """Any failure as Matrix JSON; never an HTML page or a stack trace.
+
+    An ``HTTPException`` below 400 (a redirect) is raised again.
+    """
+    if isinstance(error, MatrixError):
+        return error.to_response()
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
         errcode = {404: "M_UNRECOGNIZED", 405: "M_UNRECOGNIZED", 413: "M_TOO_LARGE"}.get(
-            e.status, "M_UNKNOWN"
+            error.status, "M_UNKNOWN"
         )
-        return MatrixError(e.reason, errcode=errcode, status=e.status).to_response()
-    except Exception:
-        # The traceback goes to the log (it never holds a token: they are not put
-        # into exception messages); the client gets a plain Matrix error.
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return MatrixError("Internal error").to_response()
+        return MatrixError(error.reason, errcode=errcode, status=error.status).to_response()
+    # The traceback goes to the log (it never holds a token: they are not put
+    # into exception messages); the client gets a plain Matrix error.
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+    return MatrixError("Internal error").to_response()

@@ -6,15 +6,25 @@ Request hygiene before anything reaches the homeserver:
   identity-bearing query parameter (``user_id``, ``device_id``,
   ``org.matrix.msc3202.device_id``, ``ts``) are removed, and the identity
   strategy's own are added;
-- transaction IDs in ``PUT .../{txnId}`` paths become an HMAC of
-  (user, device, txnId), because the homeserver deduplicates appservice
-  transactions per appservice and path, not per user;
-- hop-by-hop headers and the client's ``X-Forwarded-*``/``Forwarded`` are
-  dropped; ``X-Forwarded-For``/``-Proto`` are set from the connection itself;
+- under ``masquerade``, transaction IDs in ``PUT .../{txnId}`` paths get a
+  prefix of their own per (user, device) (a keyed hash), because the
+  homeserver deduplicates appservice transactions per appservice and path,
+  not per user; the prefix is taken out of every JSON answer to that device
+  again, so the client finds its own ID in ``unsigned.transaction_id``;
+- hop-by-hop headers and every spelling of the client's forwarding and
+  identity headers are dropped; ``X-Forwarded-For``/``-Proto`` are set from
+  the connection itself, appended to a trusted proxy's (:mod:`bridge.headers`);
 - a form-typed body (``application/x-www-form-urlencoded`` or
   ``multipart/form-data``, in any spelling) is refused: Synapse's web layer
   (Twisted) merges such a body into the query arguments, over the identity
-  the bridge set.
+  the bridge set;
+- a body larger than ``listen.max_request_body`` is refused (413) before a
+  byte is sent when its length is declared, and cut off when it is not.
+
+Answers: a small one (up to 64 KiB, the usual JSON) is read whole and sent
+as one ``web.Response`` (one write to the client); a larger one is streamed
+with back-pressure. Long polls (``/sync``, ``/events``, sliding sync) wait
+for their own ``timeout`` plus a margin, on a connection pool of their own.
 """
 
 from __future__ import annotations
@@ -26,48 +36,26 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from bridge.auth.identity import Identity
-from bridge.config import HomeserverConfig
-from bridge.errors import BadRequest, HomeserverUnavailable
+from bridge.config import BridgeConfig
+from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError
+from bridge.headers import HOP_BY_HOP, upstream_headers
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.paths import CLIENT
 
 log = logging.getLogger("bridge.proxy")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Never passed upstream as the client sent them.
-_REQUEST_DROP = HOP_BY_HOP | {
-    "host",
-    "authorization",
-    "expect",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-}
 # Query parameters the homeserver reads as identity from an appservice request.
 # A normal user's token makes them meaningless, so with device tokens only the
 # client's own token is removed (and /mutual_rooms?user_id= works).
@@ -91,6 +79,11 @@ _TXN_PATH = re.compile(
     r"(?P<txn>[^/]*)$"
 )
 _CHUNK = 64 * 1024
+# Long polls: they wait for their ``timeout`` parameter (milliseconds).
+_LONG_POLL = re.compile(rf"^{CLIENT}/(?:sync|events)$")
+_LONG_POLL_MAX_WAIT = 3600.0
+# Media bytes never carry a transaction ID: passed through as they come.
+_MEDIA = re.compile(r"^/_matrix/(?:media/|client/v1/media/)")
 # Media types whose bodies a homeserver may read as query arguments.
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 # A JSON object answer in, a JSON object answer out (see Forwarder.forward).
@@ -138,23 +131,58 @@ def hop_by_hop(headers: Iterable[tuple[str, str]]) -> set[str]:
     return names
 
 
+class RequestTooLarge(MatrixError):
+    """The client's body is over ``listen.max_request_body``."""
+
+    status = 413
+
+    def __init__(self) -> None:
+        super().__init__("Request body too large", errcode="M_TOO_LARGE")
+
+
+class _LimitedBody:
+    """The client's body streamed on (with back-pressure), cut off past the limit."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while chunk := await self._content.readany():
+            sent += len(chunk)
+            if sent > self._limit:
+                self.exceeded = True
+                raise RequestTooLarge()
+            yield chunk
+
+
 class Forwarder:
     """Forwards one client request to the homeserver as an identity (or anonymously)."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        config: HomeserverConfig,
+        config: BridgeConfig,
         strategy: IdentityStrategy,
         txn_key: bytes,
+        *,
+        long_poll_session: aiohttp.ClientSession | None = None,
     ) -> None:
+        homeserver = config.homeserver
         self._session = session
-        self._base = config.url
+        self._long_poll_session = long_poll_session or session
+        self._base = homeserver.url
         self._strategy = strategy
         self._stripped = STRIPPED_QUERY if strategy.appservice_power else _DEVICE_TOKEN_STRIPPED
         self._txn_key = txn_key
+        self._max_body = config.listen.max_request_body
+        self._trusted_proxies = config.listen.trusted_proxies
+        self._connect_timeout = homeserver.connect_timeout
+        self._long_poll_margin = homeserver.long_poll_margin
         self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=config.connect_timeout, sock_read=config.read_timeout
+            total=None, connect=homeserver.connect_timeout, sock_read=homeserver.read_timeout
         )
 
     @property
@@ -162,11 +190,17 @@ class Forwarder:
         """Whether forwarded requests carry the appservice's identity (see the strategy)."""
         return self._strategy.appservice_power
 
+    def transaction_tag(self, identity: Identity) -> str:
+        """The prefix of this device's transaction IDs on the homeserver (masquerade).
+
+        Fixed-length, so that tag + ID is unique per (user, device, ID); a keyed
+        hash, so that nobody can write another device's.
+        """
+        return _tag(self._txn_key, identity.user_id, identity.device_id)
+
     def transaction_id(self, identity: Identity, txn_id: str) -> str:
-        """The homeserver-side transaction ID: HMAC(user, device, client txnId)."""
-        message = "\0".join((identity.user_id, identity.device_id, txn_id)).encode()
-        digest = hmac.new(self._txn_key, message, hashlib.sha256).digest()[:18]
-        return base64.urlsafe_b64encode(digest).decode()
+        """The homeserver-side transaction ID for the client's ``txn_id``."""
+        return self.transaction_tag(identity) + txn_id
 
     def upstream_url(
         self,
@@ -177,32 +211,33 @@ class Forwarder:
         appservice: bool = False,
     ) -> URL:
         raw_path = request.rel_url.raw_path
-        stripped = STRIPPED_QUERY if appservice else self._stripped
-        if "ts" in stripped and _TS_IS_A_PARAMETER.match(raw_path):
-            stripped = stripped - {"ts"}
-        query: MultiDict[str] = MultiDict(
-            (k, v) for k, v in request.rel_url.query.items() if k not in stripped
-        )
         if (
             identity is not None
             and self._strategy.appservice_power
             and request.method == "PUT"
             and (m := _TXN_PATH.match(raw_path))
         ):
-            # The raw segment is percent-encoded; the HMAC is URL-safe base64.
-            raw_path = m["head"] + self.transaction_id(identity, m["txn"])
-        query.extend(params)
-        return URL(self._base + raw_path, encoded=True).with_query(query)
+            # The raw segment stays percent-encoded; the tag needs no encoding.
+            raw_path = m["head"] + self.transaction_tag(identity) + m["txn"]
+        stripped = STRIPPED_QUERY if appservice else self._stripped
+        if "ts" in stripped and _TS_IS_A_PARAMETER.match(raw_path):
+            stripped = stripped - {"ts"}
+        query = _kept_query(request.rel_url.raw_query_string, stripped)
+        if params:
+            own = _encoded_params(tuple(params))
+            query = f"{query}&{own}" if query else own
+        return URL(
+            f"{self._base}{raw_path}?{query}" if query else self._base + raw_path, encoded=True
+        )
 
     def upstream_headers(self, request: web.Request, authorization: str | None) -> CIMultiDict[str]:
-        drop = _REQUEST_DROP | hop_by_hop(request.headers.items())
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        if request.remote:
-            headers["X-Forwarded-For"] = request.remote
-        headers["X-Forwarded-Proto"] = request.scheme
-        return headers
+        return upstream_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            trusted_proxies=self._trusted_proxies,
+            authorization=authorization,
+        )
 
     async def _credentials(
         self, identity: Identity | None, *, write: bool = False, appservice: bool = False
@@ -245,7 +280,7 @@ class Forwarder:
         rewrite: RewriteJSON | None = None,
         appservice: bool = False,
     ) -> web.StreamResponse:
-        """Send ``request`` upstream and stream the answer back.
+        """Send ``request`` upstream and send the answer back.
 
         ``body`` replaces the request body when the bridge had to read it
         (a ``/login`` it inspected); otherwise a small body is read first, so
@@ -267,10 +302,21 @@ class Forwarder:
         credentials never reaches the client as a 401, which would log it out.
         """
         refuse_form_body(request.headers)
-        if body is None and request.body_exists and _small(request.content_length):
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise RequestTooLarge()
+        if body is None and request.body_exists and length is not None and length <= _SMALL_BODY:
             body = await request.read()
         retryable = body is not None or not request.body_exists
         write = request.method not in _SAFE_METHODS
+        # Under masquerade the device's transaction tag is taken out of its answers.
+        tag = None
+        if (
+            identity is not None
+            and self._strategy.appservice_power
+            and not _MEDIA.match(request.rel_url.raw_path)
+        ):
+            tag = self.transaction_tag(identity).encode()
         for attempt in (0, 1):
             authorization, params = await self._credentials(
                 identity, write=write, appservice=appservice
@@ -281,16 +327,16 @@ class Forwarder:
                 authorization,
                 params,
                 body,
-                compressed=rewrite is None,
+                compressed=rewrite is None and tag is None,
                 appservice=appservice,
             )
             if rewrite is not None and upstream.status == 200:
                 return await self._rewrite_back(request, upstream, rewrite)
             if identity is None or upstream.status not in _LOST_STATUSES:
-                return await stream_back(request, upstream)
+                return await send_back(request, upstream, tag=tag)
             error = await _read_small(upstream)
             if error is None or not lost_identity(upstream.status, _json_object(error)):
-                return await stream_back(request, upstream, prefix=error)
+                return await send_back(request, upstream, prefix=error, tag=tag)
             upstream.release()
             assert authorization is not None
             if attempt == 1:
@@ -306,6 +352,20 @@ class Forwarder:
                 )
         raise AssertionError("unreachable")
 
+    def _route(self, request: web.Request) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
+        """The pool and the read timeout: a long poll waits for its own ``timeout``."""
+        if request.method in ("GET", "POST") and _LONG_POLL.match(request.rel_url.raw_path):
+            wait = _milliseconds(request.rel_url.query.get("timeout"))
+            timeout = self._timeout
+            if wait is not None:
+                timeout = aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self._connect_timeout,
+                    sock_read=max(wait + self._long_poll_margin, self._timeout.sock_read or 0),
+                )
+            return self._long_poll_session, timeout
+        return self._session, self._timeout
+
     async def _send(
         self,
         request: web.Request,
@@ -317,26 +377,29 @@ class Forwarder:
         compressed: bool = True,
         appservice: bool = False,
     ) -> aiohttp.ClientResponse:
-        data: bytes | aiohttp.StreamReader | None = body
+        data: bytes | _LimitedBody | None = body
         if body is None and request.body_exists:
-            data = request.content
+            data = _LimitedBody(request.content, self._max_body)
         headers = self.upstream_headers(request, authorization)
         if not compressed:
             headers.popall("Accept-Encoding", None)
         if body is not None:
             headers["Content-Length"] = str(len(body))
+        session, timeout = self._route(request)
         try:
-            return await self._session.request(
+            return await session.request(
                 request.method,
                 self.upstream_url(request, identity, params, appservice=appservice),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
-                timeout=self._timeout,
+                timeout=timeout,
             )
         except TimeoutError as e:
             raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
-        except aiohttp.ClientError as e:
+        except (aiohttp.ClientError, RequestTooLarge) as e:
+            if isinstance(data, _LimitedBody) and data.exceeded:
+                raise RequestTooLarge() from None
             log.warning("homeserver request failed: %s", type(e).__name__)
             raise HomeserverUnavailable("The homeserver is unreachable") from e
 
@@ -347,28 +410,75 @@ class Forwarder:
         body = await _read_small(upstream)
         encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity"
         if body is None or len(body) > _SMALL_BODY or encoded:
-            return await stream_back(request, upstream, prefix=body)
+            return await send_back(request, upstream, prefix=body)
         try:
             answer = json.loads(body)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            return await stream_back(request, upstream, prefix=body)
+            return await send_back(request, upstream, prefix=body)
         upstream.release()
         response = web.json_response(rewrite(answer), status=upstream.status)
-        drop = hop_by_hop(upstream.headers.items()) | _REWRITTEN_HEADERS
-        for name, value in upstream.headers.items():
-            if name.lower() not in drop:
-                response.headers.add(name, value)
+        for name, value in _response_headers(upstream.headers, _REWRITTEN_HEADERS).items():
+            response.headers.add(name, value)
         return response
 
 
+@functools.lru_cache(maxsize=65536)
+def _tag(key: bytes, user_id: str, device_id: str) -> str:
+    digest = hmac.new(key, f"{user_id}\0{device_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:15]).decode()  # 20 characters, no padding
+
+
+@functools.lru_cache(maxsize=65536)
+def _encoded_params(params: tuple[tuple[str, str], ...]) -> str:
+    return urlencode(params, quote_via=quote)
+
+
+def _kept_query(raw_query: str, stripped: frozenset[str]) -> str:
+    """The client's raw query string without the ``stripped`` parameters.
+
+    Names are decoded as the homeserver decodes them (``+`` is a space,
+    percent-escapes in any case), so no spelling of a stripped name survives.
+    Twisted also splits parameters at ``;``: a query with one is parsed and
+    encoded again, so that the homeserver reads exactly the parameters checked.
+    """
+    if not raw_query:
+        return ""
+    if ";" in raw_query:
+        pairs = parse_qsl(raw_query, keep_blank_values=True)
+        return urlencode([(k, v) for k, v in pairs if k not in stripped], quote_via=quote)
+    return "&".join(
+        part
+        for part in raw_query.split("&")
+        if part and unquote_plus(part.partition("=")[0]) not in stripped
+    )
+
+
+def _milliseconds(value: str | None) -> float | None:
+    """A long poll's ``timeout`` in seconds (bounded), or None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        wait = int(value) / 1000
+    except ValueError:
+        return None
+    return min(max(wait, 0.0), _LONG_POLL_MAX_WAIT)
+
+
 # Bodies up to this size are held in memory: a request so it can be sent again,
-# an error answer so it can be read.
+# an answer so it can be sent in one piece (or read, when it is an error).
 _SMALL_BODY = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Statuses of the homeserver's answers that may mean it lost what the bridge provisioned.
 _LOST_STATUSES = frozenset({400, 401, 403})
+# Answers the bridge asked uncompressed (to restore transaction IDs) are
+# compressed again for a client that accepts it, from this size on.
+_COMPRESS_FROM = 1024
+# Answers that have no body, whatever their headers say.
+_BODILESS = frozenset({204, 304})
+# Set by aiohttp itself on an answer sent in one piece.
+_WHOLE_HEADERS = frozenset({"content-length"})
 
 
 def _small(content_length: int | None) -> bool:
@@ -416,22 +526,104 @@ def lost_identity(status: int, answer: dict[str, Any]) -> bool:
     )
 
 
-async def stream_back(
-    request: web.Request, upstream: aiohttp.ClientResponse, prefix: bytes | None = None
+def _response_headers(
+    upstream: CIMultiDictProxy[str], also_dropped: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """The homeserver's answer headers without hop-by-hop ones (and ``also_dropped``)."""
+    drop = HOP_BY_HOP | also_dropped
+    if "Connection" in upstream:
+        drop = drop | hop_by_hop(upstream.items())
+    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+
+
+def _is_json(upstream: aiohttp.ClientResponse) -> bool:
+    headers = upstream.headers
+    content_type = headers.get("Content-Type", "")
+    return content_type[:16].lower() == "application/json" and "Content-Encoding" not in headers
+
+
+async def send_back(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    prefix: bytes | None = None,
+    *,
+    tag: bytes | None = None,
 ) -> web.StreamResponse:
-    """Stream the answer to the client; ``prefix`` is what was already read of it."""
+    """The answer for the client: in one piece when small, else streamed.
+
+    ``prefix`` is what was already read of it; ``tag`` a transaction tag to
+    take out of a JSON answer.
+    """
+    if tag is not None and not _is_json(upstream):
+        tag = None
+    if request.method == "HEAD" or upstream.status in _BODILESS:
+        return await stream_back(request, upstream, prefix=prefix)
+    if prefix is None:
+        if upstream.content_length is not None and not _small(upstream.content_length):
+            return await stream_back(request, upstream, tag=tag)
+        try:
+            if upstream.content_length is not None:
+                prefix = await upstream.read()
+            else:
+                prefix = await upstream.content.read(_SMALL_BODY + 1)
+                while len(prefix) <= _SMALL_BODY and not upstream.content.at_eof():
+                    prefix += await upstream.content.read(_SMALL_BODY + 1 - len(prefix))
+        except TimeoutError as e:
+            upstream.release()
+            raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
+        except aiohttp.ClientError as e:
+            # Nothing was sent yet: the client gets an honest error, not half an answer.
+            upstream.release()
+            log.warning("homeserver response broke off: %s", type(e).__name__)
+            raise HomeserverUnavailable("The homeserver's answer broke off") from e
+    if len(prefix) > _SMALL_BODY or not upstream.content.at_eof():
+        return await stream_back(request, upstream, prefix=prefix, tag=tag)
+    upstream.release()
+    if tag is not None:
+        prefix = prefix.replace(tag, b"")
+    response = web.Response(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=_response_headers(upstream.headers, _WHOLE_HEADERS),
+        body=prefix,
+    )
+    if tag is not None and len(prefix) >= _COMPRESS_FROM and _accepts_compression(request):
+        response.enable_compression()
+    return response
+
+
+def _accepts_compression(request: web.Request) -> bool:
+    accepted = request.headers.get("Accept-Encoding", "").lower()
+    return "gzip" in accepted or "deflate" in accepted
+
+
+async def stream_back(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    prefix: bytes | None = None,
+    *,
+    tag: bytes | None = None,
+) -> web.StreamResponse:
+    """Stream the answer to the client; ``prefix`` is what was already read of it.
+
+    ``tag`` is taken out on the way, across chunk boundaries.
+    """
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        drop = hop_by_hop(upstream.headers.items())
-        for name, value in upstream.headers.items():
-            if name.lower() not in drop:
-                response.headers.add(name, value)
+        response.headers.extend(_response_headers(upstream.headers))
+        if tag is not None:
+            response.headers.popall("Content-Length", None)
+            if _accepts_compression(request):
+                response.enable_compression()
         await response.prepare(request)
+        untag = _Untag(tag) if tag is not None else None
         try:
             if prefix:
-                await response.write(prefix)
+                await response.write(untag.feed(prefix) if untag else prefix)
             async for chunk in upstream.content.iter_chunked(_CHUNK):
-                await response.write(chunk)
+                await response.write(untag.feed(chunk) if untag else chunk)
+            if untag is not None:
+                await response.write(untag.rest())
         except (aiohttp.ClientError, TimeoutError) as e:
             # Headers are gone already: the only honest signal left is to cut
             # the connection, so the client sees a truncated answer as one.
@@ -441,3 +633,25 @@ async def stream_back(
             return response
         await response.write_eof()
     return response
+
+
+class _Untag:
+    """Takes every occurrence of ``tag`` out of a stream, chunk by chunk."""
+
+    def __init__(self, tag: bytes) -> None:
+        self._tag = tag
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        text = (self._held + chunk).replace(self._tag, b"")
+        # The end may be the start of a tag that the next chunk completes.
+        keep = len(self._tag) - 1
+        if len(text) <= keep:
+            self._held = text
+            return b""
+        self._held = text[-keep:]
+        return text[:-keep]
+
+    def rest(self) -> bytes:
+        held, self._held = self._held, b""
+        return held

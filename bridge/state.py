@@ -23,7 +23,7 @@ RESET_APPROVALS = web.AppKey("reset_approvals", CrossSigningResetApprovals)
 # MAS's provisioning API, only with issuer.kind: mas.
 PROVISIONING = web.AppKey("provisioning", Provisioning)
 
-# The normalised path (bridge.paths.normalize), set by the first routing middleware.
+# The routing path (bridge.paths.routing_path), set by the first routing middleware.
 PATH: web.RequestKey[str] = web.RequestKey("path")
 # Set by the auth middleware on every forwarded route: None for an anonymous
 # request to a public endpoint.

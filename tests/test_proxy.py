@@ -321,7 +321,10 @@ async def test_compressed_answer_passes_through_undecoded(
     # The client asked for no encoding; the bridge asks for none on its behalf.
     assert "Accept-Encoding" not in only_client_request(homeserver).headers
 
-    resp = await bridge.get(SYNC, headers={**bearer(), "Accept-Encoding": "gzip"})
+    # Media is passed on as the client asked for it (JSON answers under masquerade
+    # are asked uncompressed: see test_transaction_tag_is_taken_out_of_answers).
+    media = "/_matrix/client/v1/media/download/example.test/m"
+    resp = await bridge.get(media, headers={**bearer(), "Accept-Encoding": "gzip"})
     assert await resp.json() == {"next_batch": "s1"}
     assert homeserver.client_requests[-1].headers.getall("Accept-Encoding") == ["gzip"]
 
@@ -413,19 +416,41 @@ async def stall_mid_body(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.mark.parametrize(
-    "broken_answer",
+    ("broken_answer", "status"),
     [
-        pytest.param(cut_short_after_length, id="content-length-then-close"),
-        pytest.param(cut_short_chunked, id="chunked-then-close"),
-        pytest.param(stall_mid_body, id="stall-mid-body"),
+        pytest.param(cut_short_after_length, 502, id="content-length-then-close"),
+        pytest.param(cut_short_chunked, 502, id="chunked-then-close"),
+        pytest.param(stall_mid_body, 504, id="stall-mid-body"),
     ],
 )
 async def test_broken_upstream_answer_is_an_error_for_the_client(
-    make_bridge: MakeBridge, homeserver: FakeHomeserver, broken_answer: Answer
+    make_bridge: MakeBridge, homeserver: FakeHomeserver, broken_answer: Answer, status: int
 ) -> None:
     bridge = await make_bridge({"homeserver": {"read_timeout": 1.0}})
     homeserver.answer = broken_answer
     resp = await bridge.get(SYNC, headers=bearer())
+    # A small answer is read whole before anything is sent: its break is an error.
+    await assert_matrix_error(resp, status, "M_UNKNOWN")
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+async def test_large_answer_broken_after_its_headers_is_cut_for_the_client(
+    make_bridge: MakeBridge, homeserver: FakeHomeserver, length: bool
+) -> None:
+    bridge = await make_bridge()
+
+    async def break_off(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if length:
+            resp.content_length = 4 * MB
+        await resp.prepare(request)
+        await resp.write(b"x" * MB)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    homeserver.answer = break_off
+    resp = await bridge.get("/_matrix/client/v1/media/download/example.test/m", headers=bearer())
     assert resp.status == 200  # the headers were on their way before the break
     # Never a silently short body: the client must see the answer break.
     with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
@@ -496,7 +521,8 @@ FORBIDDEN = (403, "M_FORBIDDEN")
         ("POST", "/_matrix/client/v3/delete_devices", NOT_REGISTERED),
         ("DELETE", "/_matrix/client/v3/devices/DEVA", NOT_REGISTERED),
         ("POST", "/_matrix/client/v3/register", FORBIDDEN),
-        ("POST", "/_matrix/client/v3//account/%64eactivate/", NOT_REGISTERED),
+        ("POST", "/_matrix/client/v3/account/%64eactivate/", NOT_REGISTERED),
+        ("POST", "/_matrix/client/v3//account/deactivate", (400, "M_UNRECOGNIZED")),
         ("DELETE", "/_matrix/client/v3/devices/", NOT_REGISTERED),
         ("DELETE", "/_matrix/client/v3/devices", (405, "M_UNRECOGNIZED")),
         # Appservice-only endpoints.

@@ -1,4 +1,4 @@
-"""The one auth middleware: bearer token → :class:`Identity` on the request.
+"""Authentication: bearer token → :class:`Identity` on the request.
 
 It acts on forwarded routes only (those named ``forward:*``); the bridge's own
 endpoints (well-known, discovery) need no token. A forwarded request without
@@ -13,7 +13,6 @@ import hmac
 import re
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from bridge.errors import BadRequest, MissingToken, UnknownToken
 from bridge.paths import CLIENT
@@ -82,11 +81,11 @@ def bearer_token(request: web.Request) -> str | None:
     return params[0]
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def authenticate(request: web.Request) -> None:
+    """Set ``request[IDENTITY]`` on a forwarded route (None: anonymous, where allowed)."""
     name = request.match_info.route.name
     if name is None or not name.startswith(FORWARDED_ROUTE):
-        return await handler(request)
+        return
     token = bearer_token(request)
     if token is None:
         if not is_public(request.method, request[PATH]):
@@ -94,4 +93,3 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[IDENTITY] = None
     else:
         request[IDENTITY] = await request.app[AUTHENTICATOR].authenticate(token)
-    return await handler(request)

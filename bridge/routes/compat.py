@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from bridge.errors import MatrixError
-from bridge.proxy import HOP_BY_HOP, hop_by_hop, refuse_form_body, stream_back
+from bridge.headers import upstream_headers
+from bridge.proxy import refuse_form_body, stream_back
 from bridge.state import CONFIG
 
 log = logging.getLogger("bridge.compat")
@@ -32,17 +32,6 @@ COMPAT_PATH = re.compile(
     r"^/_matrix/client/(?:r0|v3)/(?:login|logout|logout/all|refresh"
     r"|login/sso/redirect(?:/[^/]+)?)$"
 )
-# Never passed on as the client sent them; the Authorization header is.
-_DROP = HOP_BY_HOP | {
-    "host",
-    "expect",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-}
-
 COMPAT_SESSION = web.AppKey("compat_session", aiohttp.ClientSession)
 
 
@@ -61,11 +50,14 @@ async def to_mas(request: web.Request) -> web.StreamResponse:
     """Stream the request to MAS's compatibility layer and its answer back."""
     refuse_form_body(request.headers)
     config = request.app[CONFIG]
-    drop = _DROP | hop_by_hop(request.headers.items())
-    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
-    if request.remote:
-        headers["X-Forwarded-For"] = request.remote
-    headers["X-Forwarded-Proto"] = request.scheme
+    # The client's own token goes on: MAS's compatibility layer is its issuer.
+    headers = upstream_headers(
+        request.headers,
+        peer=request.remote,
+        scheme=request.scheme,
+        trusted_proxies=config.listen.trusted_proxies,
+        authorization=request.headers.get("Authorization"),
+    )
     url = URL(config.issuer.compat_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
     try:

@@ -18,12 +18,11 @@ import json
 import re
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from bridge.errors import BadRequest, Forbidden, MatrixError
-from bridge.paths import CLIENT, normalize
+from bridge.paths import CLIENT
 from bridge.routes.compat import COMPAT_PATH
-from bridge.state import CONFIG, ISSUER_METADATA, PATH
+from bridge.state import CONFIG, ISSUER_METADATA
 
 _ANY = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _WRITE = _ANY - {"GET", "HEAD", "OPTIONS"}
@@ -175,11 +174,11 @@ def admin_api_allowed(allowlist: tuple[str, ...], path: str) -> bool:
     return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in allowlist)
 
 
-@web.middleware
-async def refused_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request[PATH] = normalize(request.path)
+async def refuse(request: web.Request, path: str) -> None:
+    """Raise the refusal of a closed door, an appservice-only endpoint or an admin
+    path outside the allow-list; nothing for anything else."""
     if request.app[CONFIG].issuer.kind == "mas" and COMPAT_PATH.match(request.rel_url.raw_path):
-        return await handler(request)  # MAS's compatibility layer (bridge.routes.compat)
+        return  # MAS's compatibility layer (bridge.routes.compat)
     what = closed_door(request.method, path)
     if what is not None:
         if (
@@ -195,4 +194,3 @@ async def refused_middleware(request: web.Request, handler: Handler) -> web.Stre
         request.app[CONFIG].homeserver.admin_api_allowlist, path
     ):
         raise Forbidden("The homeserver admin API is not exposed by this gateway")
-    return await handler(request)
