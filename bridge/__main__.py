@@ -62,6 +62,7 @@ def _logging(*, with_pid: bool = False) -> None:
         level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s %(levelname)s{pid} %(name)s %(message)s",
     )
+    AccessLogger.with_pid = with_pid  # its lines are formatted alike, by itself
 
 
 def _run_app(
@@ -73,6 +74,7 @@ def _run_app(
 ) -> None:
     web.run_app(
         app,
+        loop=_event_loop(),
         host=host,
         port=port,
         sock=sock,
@@ -83,6 +85,15 @@ def _run_app(
         # A client that goes away cancels its handler, and so its upstream request.
         handler_cancellation=True,
     )
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's when it is installed (the ``fast`` extra): it forwards faster."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _serve(config: BridgeConfig) -> None:
