@@ -17,7 +17,7 @@ install: $(VENV)/.installed $(SYNAPSE_VENV)/.installed $(ISSUER_DIR)/node_module
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	touch $@
 
 $(SYNAPSE_VENV)/.installed:
@@ -65,3 +65,13 @@ demo: install
 
 clean:
 	rm -rf $(VENV) $(SYNAPSE_VENV) $(ISSUER_DIR)/node_modules .demo $(DENDRITE_BIN)
+
+# Benchmarks (bench/README.md): nginx and wrk from Debian, installed only when missing.
+.PHONY: bench bench-deps
+bench-deps:
+	@{ command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1; } || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx wrk; }
+
+bench: install bench-deps
+	$(BIN)/python bench/proxy.py $(BENCH_ARGS)
+	$(BIN)/python bench/streaming.py $(STREAMING_ARGS)
