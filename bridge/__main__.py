@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -72,6 +73,10 @@ def _run_app(
     port: int | None = None,
     sock: list[socket.socket] | None = None,
 ) -> None:
+    # Fewer collections of the young generation: a forwarded request allocates a
+    # few hundred objects, nearly all freed by reference counting. Measured in bench/.
+    gc.set_threshold(100_000, 50, 100)
+    app.on_startup.append(_freeze_startup_objects)
     web.run_app(
         app,
         loop=_event_loop(),
@@ -85,6 +90,12 @@ def _run_app(
         # A client that goes away cancels its handler, and so its upstream request.
         handler_cancellation=True,
     )
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """What start-up made lives as long as the process: never scanned again."""
+    gc.collect()
+    gc.freeze()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bridge import __version__
+from bridge import USER_AGENT
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.middleware import authenticate
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
@@ -47,8 +47,6 @@ from bridge.state import (
 from bridge.store import open_store
 
 log = logging.getLogger("bridge.app")
-
-USER_AGENT = f"matrix-oidc-bridge/{__version__}"
 
 
 def _session(**kwargs: object) -> aiohttp.ClientSession:
@@ -111,8 +109,10 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
 
     def pooled(size: int) -> aiohttp.ClientSession:
         # Bodies pass through as the homeserver encoded them; nothing is added
-        # that the client did not send itself.
-        return _session(
+        # that the client did not send itself (the bridge's own calls name
+        # themselves: bridge.homeserver.appservice.call_json).
+        return aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
             connector=aiohttp.TCPConnector(limit=size, ttl_dns_cache=300),

@@ -181,8 +181,9 @@ class Forwarder:
         self._trusted_proxies = config.listen.trusted_proxies
         self._connect_timeout = homeserver.connect_timeout
         self._long_poll_margin = homeserver.long_poll_margin
+        # sock_connect, not connect: no timer for a pooled connection.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=homeserver.connect_timeout, sock_read=homeserver.read_timeout
+            total=None, sock_connect=homeserver.connect_timeout, sock_read=homeserver.read_timeout
         )
 
     @property
@@ -360,7 +361,7 @@ class Forwarder:
             if wait is not None:
                 timeout = aiohttp.ClientTimeout(
                     total=None,
-                    connect=self._connect_timeout,
+                    sock_connect=self._connect_timeout,
                     sock_read=max(wait + self._long_poll_margin, self._timeout.sock_read or 0),
                 )
             return self._long_poll_session, timeout

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bridge import USER_AGENT
 from bridge.config import BridgeConfig
 from bridge.errors import CannotBeDone, HomeserverUnavailable, MatrixError
 
@@ -36,7 +37,7 @@ async def call_json(
 
     ``body`` None sends no body (a GET).
     """
-    headers = {"Authorization": authorization}
+    headers = {"Authorization": authorization, "User-Agent": USER_AGENT}
     if body is not None:
         headers["Content-Type"] = "application/json"
     try:
