@@ -52,12 +52,12 @@ test: install
 	$(BIN)/pytest $(PYTEST_ARGS); code=$$?; echo $$code > .pytest-exit-code; exit $$code
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check bridge tests
-	$(BIN)/ruff format --check bridge tests
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
 	$(BIN)/mypy
 
 format: $(VENV)/.installed
-	$(BIN)/ruff format bridge tests
+	$(BIN)/ruff format bridge tests bench
 	$(BIN)/ruff check --fix bridge tests
 
 demo: install
