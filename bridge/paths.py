@@ -42,7 +42,7 @@ forms (conservative: the homeserver may route only one of them). A path under
 ``M_UNRECOGNIZED``, so a differently-routing homeserver cannot be reached around
 a rule. Routes are case-sensitive, as the homeserver's: ``/_MATRIX/...`` matches
 none of the bridge's routes and is aiohttp's 404, rendered as Matrix JSON by
-:func:`bridge.errors.error_middleware`; nothing is forwarded.
+:func:`bridge.errors.error_response`; nothing is forwarded.
 
 The query is not the path: ``?filter=/../`` is forwarded untouched.
 """
