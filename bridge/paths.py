@@ -49,6 +49,7 @@ The query is not the path: ``?filter=/../`` is forwarded untouched.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -82,7 +83,13 @@ def routing_path(target: str) -> str:
         raise _structure("Only origin-form request targets are accepted")
     if "#" in target:
         raise _structure("Request targets have no fragment")
-    path = target.partition("?")[0]
+    return _routing(target.partition("?")[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _routing(path: str) -> str:
+    """The routing path of a raw path (cached: clients repeat their paths; a refusal
+    is an exception, never cached)."""
     if not (path.isascii() and path.isprintable()) or "\\" in path:
         raise _character("Invalid character in the path")
     if ";" in path:

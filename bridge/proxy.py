@@ -220,10 +220,12 @@ class Forwarder:
         ):
             # The raw segment stays percent-encoded; the tag needs no encoding.
             raw_path = m["head"] + self.transaction_tag(identity) + m["txn"]
-        stripped = STRIPPED_QUERY if appservice else self._stripped
-        if "ts" in stripped and _TS_IS_A_PARAMETER.match(raw_path):
-            stripped = stripped - {"ts"}
-        query = _kept_query(request.rel_url.raw_query_string, stripped)
+        query = request.rel_url.raw_query_string
+        if query:
+            stripped = STRIPPED_QUERY if appservice else self._stripped
+            if "ts" in stripped and _TS_IS_A_PARAMETER.match(raw_path):
+                stripped = stripped - {"ts"}
+            query = _kept_query(query, stripped)
         if params:
             own = _encoded_params(tuple(params))
             query = f"{query}&{own}" if query else own
@@ -444,8 +446,6 @@ def _kept_query(raw_query: str, stripped: frozenset[str]) -> str:
     Twisted also splits parameters at ``;``: a query with one is parsed and
     encoded again, so that the homeserver reads exactly the parameters checked.
     """
-    if not raw_query:
-        return ""
     if ";" in raw_query:
         pairs = parse_qsl(raw_query, keep_blank_values=True)
         return urlencode([(k, v) for k, v in pairs if k not in stripped], quote_via=quote)
