@@ -180,7 +180,7 @@ def upstream_headers(
     for name, value in headers.items():
         canonical, dropped = _classified(name)
         if dropped or canonical in named:
-            if trusted:
+            if trusted and canonical not in named:  # hop-by-hop for the proxy too
                 # The trusted proxy's own, in their standard spelling only.
                 lower = name.lower()
                 if lower == "x-forwarded-for":
