@@ -22,7 +22,8 @@ The main process:
   not spin), back to 0.5 s once a worker has lived 30 s;
 - stops every worker and exits with 11 (``EXIT_CONFIG``) when one exits with
   it (a configuration error will not fix itself), and with 1 when one fails to
-  start three times in a row;
+  start three times in a row (a worker not ready within two minutes is killed:
+  a failed start);
 - passes SIGTERM and SIGINT on to every worker, which drains (aiohttp's
   graceful shutdown), waits for them and exits with 0; a worker still running
   ``stop_timeout`` seconds later is killed (exit code 1). A second signal is
@@ -55,6 +56,9 @@ MAX_RESTART_DELAY = 10.0
 STABLE_UPTIME = 30.0
 # Consecutive failures to start (exit before ``ready``) before the main process gives up.
 START_ATTEMPTS = 3
+# Seconds a worker may take to say ``ready`` (its start-up: the homeserver probe,
+# the issuer's discovery, the store) before it is killed as a failed start.
+START_TIMEOUT = 120.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,8 +159,10 @@ class Supervisor:
         *,
         stop_timeout: float,
         config_error_code: int,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self._command = list(command)
+        self._start_timeout = start_timeout
         self._slots = [_Slot(number) for number in range(1, count + 1)]
         self._stop_timeout = stop_timeout
         self._config_error_code = config_error_code
@@ -295,7 +301,17 @@ class Supervisor:
             if self._stop_signal is not None:  # came while it was being started
                 self._send(process, self._stop_signal)
             parent.setblocking(False)
-            ready = await self._ready(loop, parent)
+            try:
+                ready = await asyncio.wait_for(self._ready(loop, parent), self._start_timeout)
+            except TimeoutError:
+                log.error(
+                    "worker %d (pid %d) not ready after %.0fs: killing it",
+                    slot.number,
+                    process.pid,
+                    self._start_timeout,
+                )
+                self._send(process, signal.SIGKILL)
+                ready = False
             if ready:
                 log.info("worker %d (pid %d) ready", slot.number, process.pid)
             code = await process.wait()

@@ -30,6 +30,7 @@ from pytest_aiohttp import AiohttpServer
 
 from bridge.config import load_config
 from bridge.store import open_store
+from bridge.workers import Supervisor
 from tests.fakes import (
     AS_TOKEN,
     CLIENT_ID,
@@ -388,3 +389,18 @@ async def test_workers_need_a_fixed_port(
     processes.append(process)
     assert await asyncio.to_thread(process.wait, 30) == 11
     assert "listen.port" in log_path.read_text(encoding="utf-8")
+
+
+def test_a_worker_that_never_gets_ready_is_killed_as_a_failed_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A "worker" that hangs in its start-up: never says ready, never exits.
+    hangs = [sys.executable, "-c", "import time; time.sleep(60)"]
+    supervisor = Supervisor(hangs, 1, stop_timeout=5.0, config_error_code=11, start_timeout=0.3)
+    started = time.monotonic()
+    with caplog.at_level("ERROR", logger="bridge.workers"):
+        assert supervisor.run() == 1
+    # Three starts, each killed after 0.3 s, with the restart delays between them.
+    assert time.monotonic() - started < 10
+    assert caplog.text.count("not ready after 0s: killing it") == 3
+    assert "3 failed starts in a row" in caplog.text
