@@ -30,6 +30,7 @@ for their own ``timeout`` plus a margin, on a connection pool of their own.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -88,8 +89,8 @@ _MEDIA = re.compile(r"^/_matrix/(?:media/|client/v1/media/)")
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 # A JSON object answer in, a JSON object answer out (see Forwarder.forward).
 RewriteJSON = Callable[[dict[str, Any]], dict[str, Any]]
-# Set anew on a rewritten answer.
-_REWRITTEN_HEADERS = frozenset({"content-length", "content-type", "content-encoding"})
+# Not passed on with a rewritten answer: set anew.
+_REWRITTEN_DROP = HOP_BY_HOP | {"content-length", "content-type", "content-encoding"}
 
 
 def refuse_form_body(headers: CIMultiDictProxy[str]) -> None:
@@ -179,7 +180,6 @@ class Forwarder:
         self._txn_key = txn_key
         self._max_body = config.listen.max_request_body
         self._trusted_proxies = config.listen.trusted_proxies
-        self._connect_timeout = homeserver.connect_timeout
         self._long_poll_margin = homeserver.long_poll_margin
         # sock_connect, not connect: no timer for a pooled connection.
         self._timeout = aiohttp.ClientTimeout(
@@ -361,10 +361,9 @@ class Forwarder:
             wait = _milliseconds(request.rel_url.query.get("timeout"))
             timeout = self._timeout
             if wait is not None:
+                sock_read = max(wait + self._long_poll_margin, self._timeout.sock_read or 0)
                 timeout = aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=self._connect_timeout,
-                    sock_read=max(wait + self._long_poll_margin, self._timeout.sock_read or 0),
+                    total=None, sock_connect=self._timeout.sock_connect, sock_read=sock_read
                 )
             return self._long_poll_session, timeout
         return self._session, self._timeout
@@ -422,8 +421,7 @@ class Forwarder:
             return await send_back(request, upstream, prefix=body)
         upstream.release()
         response = web.json_response(rewrite(answer), status=upstream.status)
-        for name, value in _response_headers(upstream.headers, _REWRITTEN_HEADERS).items():
-            response.headers.add(name, value)
+        response.headers.extend(_response_headers(upstream.headers, _REWRITTEN_DROP))
         return response
 
 
@@ -478,8 +476,8 @@ _LOST_STATUSES = frozenset({400, 401, 403})
 _COMPRESS_FROM = 1024
 # Answers that have no body, whatever their headers say.
 _BODILESS = frozenset({204, 304})
-# Set by aiohttp itself on an answer sent in one piece.
-_WHOLE_HEADERS = frozenset({"content-length"})
+# Not passed on with an answer sent in one piece: aiohttp sets the length itself.
+_WHOLE_DROP = HOP_BY_HOP | {"content-length"}
 
 
 def _small(content_length: int | None) -> bool:
@@ -488,19 +486,24 @@ def _small(content_length: int | None) -> bool:
 
 async def _read_small(upstream: aiohttp.ClientResponse) -> bytes | None:
     """The whole body if it is small (length known or not), else None, having read
-    nothing: error answers are small, and Synapse sends them chunked."""
+    nothing: error answers are small, and Synapse sends them chunked. A break
+    leaves what was read."""
     if upstream.content_length is not None and not _small(upstream.content_length):
         return None
     body = bytearray()
-    try:
-        while len(body) <= _SMALL_BODY:
-            chunk = await upstream.content.read(_SMALL_BODY + 1 - len(body))
-            if not chunk:
-                return bytes(body)
-            body += chunk
-    except (aiohttp.ClientError, TimeoutError):
-        return bytes(body)
-    return bytes(body)  # longer than expected: still the beginning, streamed on by the caller
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        await _read_head(upstream, body)
+    return bytes(body)
+
+
+async def _read_head(upstream: aiohttp.ClientResponse, body: bytearray) -> None:
+    """Read into ``body`` up to one byte more than a small body (all of a small one,
+    and then the stream is at its end); a break raises."""
+    while len(body) <= _SMALL_BODY:
+        chunk = await upstream.content.read(_SMALL_BODY + 1 - len(body))
+        if not chunk:
+            return
+        body += chunk
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -528,10 +531,10 @@ def lost_identity(status: int, answer: dict[str, Any]) -> bool:
 
 
 def _response_headers(
-    upstream: CIMultiDictProxy[str], also_dropped: frozenset[str] = frozenset()
+    upstream: CIMultiDictProxy[str], drop: frozenset[str] = HOP_BY_HOP
 ) -> CIMultiDict[str]:
-    """The homeserver's answer headers without hop-by-hop ones (and ``also_dropped``)."""
-    drop = HOP_BY_HOP | also_dropped
+    """The homeserver's answer headers without those in ``drop`` (hop-by-hop ones and
+    more) and those its ``Connection`` names."""
     if "Connection" in upstream:
         drop = drop | hop_by_hop(upstream.items())
     return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
@@ -562,13 +565,9 @@ async def send_back(
     if prefix is None:
         if upstream.content_length is not None and not _small(upstream.content_length):
             return await stream_back(request, upstream, tag=tag)
+        head = bytearray()
         try:
-            if upstream.content_length is not None:
-                prefix = await upstream.read()
-            else:
-                prefix = await upstream.content.read(_SMALL_BODY + 1)
-                while len(prefix) <= _SMALL_BODY and not upstream.content.at_eof():
-                    prefix += await upstream.content.read(_SMALL_BODY + 1 - len(prefix))
+            await _read_head(upstream, head)
         except TimeoutError as e:
             upstream.release()
             raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
@@ -577,6 +576,7 @@ async def send_back(
             upstream.release()
             log.warning("homeserver response broke off: %s", type(e).__name__)
             raise HomeserverUnavailable("The homeserver's answer broke off") from e
+        prefix = bytes(head)
     if len(prefix) > _SMALL_BODY or not upstream.content.at_eof():
         return await stream_back(request, upstream, prefix=prefix, tag=tag)
     upstream.release()
@@ -585,7 +585,7 @@ async def send_back(
     response = web.Response(
         status=upstream.status,
         reason=upstream.reason,
-        headers=_response_headers(upstream.headers, _WHOLE_HEADERS),
+        headers=_response_headers(upstream.headers, _WHOLE_DROP),
         body=prefix,
     )
     if tag is not None and len(prefix) >= _COMPRESS_FROM and _accepts_compression(request):
