@@ -323,6 +323,13 @@ def bridge_config(
 
     Each of ``overrides`` is merged in turn, recursively (None removes a key).
     """
+    return parse_config(bridge_document(issuer_url, homeserver_url, *overrides))
+
+
+def bridge_document(
+    issuer_url: str, homeserver_url: str, *overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The config document behind :func:`bridge_config` (for a config file)."""
     raw: dict[str, Any] = {
         "server_name": SERVER_NAME,
         "public_baseurl": PUBLIC_BASEURL,
@@ -340,7 +347,7 @@ def bridge_config(
     }
     for layer in overrides:
         raw = _merged(raw, layer)
-    return parse_config(raw)
+    return raw
 
 
 async def start_bridge(

@@ -32,15 +32,11 @@ from bridge.config import load_config
 from bridge.store import open_store
 from bridge.workers import Supervisor
 from tests.fakes import (
-    AS_TOKEN,
-    CLIENT_ID,
-    CLIENT_SECRET,
-    HS_TOKEN,
-    PUBLIC_BASEURL,
     SERVER_NAME,
     FakeHomeserver,
     FakeIssuer,
     active_claims,
+    bridge_document,
     free_port,
 )
 
@@ -50,21 +46,8 @@ WHOAMI = "/_matrix/client/v3/account/whoami"
 
 
 def _document(issuer_url: str, homeserver_url: str, port: int, workers: int) -> dict[str, Any]:
-    return {
-        "server_name": SERVER_NAME,
-        "public_baseurl": PUBLIC_BASEURL,
-        "homeserver": {"url": homeserver_url, "strategy": "masquerade", "probe_at_start": False},
-        "appservice": {"as_token": AS_TOKEN, "hs_token": HS_TOKEN},
-        "issuer": {
-            "issuer": issuer_url,
-            "introspection": {
-                "auth": "client_secret_basic",
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-            },
-        },
-        "listen": {"host": "127.0.0.1", "port": port, "workers": workers},
-    }
+    listen = {"host": "127.0.0.1", "port": port, "workers": workers}
+    return bridge_document(issuer_url, homeserver_url, {"listen": listen})
 
 
 def _children(pid: int) -> set[int]:
