@@ -155,7 +155,7 @@ def _serve_worker(config: BridgeConfig, channel_fd: int) -> int:
             return 1
     app = create_app(config)
     # Last, so that "ready" means every other startup hook has run.
-    app.cleanup_ctx.append(worker_channel(channel_fd))
+    app.cleanup_ctx.append(worker_channel(channel_fd, sockets))
     _run_app(app, sock=sockets)
     return 0
 

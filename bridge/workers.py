@@ -49,6 +49,8 @@ from aiohttp import web
 log = logging.getLogger("bridge.workers")
 
 READY = b"ready\n"
+# aiohttp's own default (web.run_app's backlog).
+BACKLOG = 128
 # Delay before a worker is started again: doubled while workers keep dying young.
 RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 10.0
@@ -70,8 +72,9 @@ def reuseport_sockets(host: str, port: int) -> list[socket.socket]:
 
     Bound the way asyncio's ``create_server`` binds (``SO_REUSEADDR``, IPv6
     sockets IPv6-only). A socket joins the port's group of workers only when it
-    listens, which aiohttp does once the application has started: until then no
-    connection waits on a worker that is still starting, or that fails to.
+    listens, which :func:`worker_channel` makes it do once the application has
+    started: until then no connection waits on a worker that is still starting,
+    or that fails to.
     """
     infos = socket.getaddrinfo(
         host, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -93,9 +96,13 @@ def reuseport_sockets(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def worker_channel(fd: int) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` entry for a worker: ``ready`` once every startup hook before
-    it has run, and a graceful stop (as on SIGTERM) when the main process is gone."""
+def worker_channel(
+    fd: int, sockets: Sequence[socket.socket]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry for a worker: once every startup hook before it has
+    run, ``sockets`` listen and the worker says ``ready`` (so the main process, and
+    anyone waiting on it, never sees a ready worker that refuses connections);
+    a graceful stop (as on SIGTERM) when the main process is gone."""
     channel = socket.socket(fileno=fd)
     channel.setblocking(False)
 
@@ -113,6 +120,9 @@ def worker_channel(fd: int) -> Callable[[web.Application], AsyncIterator[None]]:
 
     async def ctx(_app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        for sock in sockets:
+            # Connections queue until aiohttp serves the socket, right after.
+            sock.listen(BACKLOG)
         # The main process may be gone already: the reader below finds out.
         with contextlib.suppress(OSError):
             channel.send(READY)
