@@ -156,17 +156,23 @@ async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
     4. the token, on forwarded routes (:mod:`bridge.auth.middleware`);
     5. the route's handler;
 
-    and any failure as Matrix JSON (:func:`bridge.errors.error_response`).
+    and any failure as Matrix JSON (:func:`bridge.errors.error_response`); every
+    answer with CORS headers (:mod:`bridge.routes.cors`).
     """
+    response: web.StreamResponse
     try:
         path = request[PATH] = routing_path(request.raw_path)
         if request.method == "OPTIONS":
-            return web.Response(status=204)
-        await refuse(request, path)
-        await authenticate(request)
-        return await handler(request)
+            response = web.Response(status=204)
+        else:
+            await refuse(request, path)
+            await authenticate(request)
+            response = await handler(request)
     except Exception as e:
-        return error_response(request, e)
+        response = error_response(request, e)
+    if not response.prepared:  # a streamed answer got them before it was
+        add_cors_headers(response.headers)
+    return response
 
 
 def create_app(config: BridgeConfig) -> web.Application:
@@ -178,7 +184,6 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.cleanup_ctx.append(issuer_client)
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(homeserver_client)
-    app.on_response_prepare.append(add_cors_headers)
     well_known.add_routes(app)
     discovery.add_routes(app)
     if config.issuer.kind == "mas":

@@ -54,6 +54,7 @@ from bridge.headers import HOP_BY_HOP, upstream_headers
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.paths import CLIENT
+from bridge.routes.cors import add_cors_headers
 
 log = logging.getLogger("bridge.proxy")
 
@@ -612,6 +613,7 @@ async def stream_back(
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_response_headers(upstream.headers))
+        add_cors_headers(response.headers)
         if tag is not None:
             response.headers.popall("Content-Length", None)
             if _accepts_compression(request):

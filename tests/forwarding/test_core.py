@@ -195,6 +195,42 @@ async def test_small_answer_is_sent_whole_and_a_large_one_streamed(
     assert await resp.read() == big
 
 
+async def test_every_answer_has_cors_headers_whole_streamed_or_refused(
+    bridge: BridgeClient,
+    homeserver: FakeHomeserver,
+) -> None:
+    homeserver.answer = json_answer(document={"next_batch": "s1"})
+    whole = await bridge.get(SYNC, headers=bearer())
+    refused = await bridge.get(SYNC)  # no token: the bridge's own 401
+    big = os.urandom(2 * MB)
+
+    async def large(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=big, content_type="application/octet-stream")
+
+    homeserver.answer = large
+    streamed = await bridge.get(
+        "/_matrix/client/v1/media/download/example.test/m", headers=bearer()
+    )
+    assert "Content-Length" in streamed.headers  # streamed, not sent whole
+    for resp in (whole, refused, streamed):
+        await resp.read()
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+    assert refused.status == 401
+
+
+async def test_the_homeservers_own_cors_headers_are_kept(
+    bridge: BridgeClient,
+    homeserver: FakeHomeserver,
+) -> None:
+    async def own(_request: web.Request) -> web.StreamResponse:
+        return web.json_response({}, headers={"Access-Control-Allow-Origin": "https://a.test"})
+
+    homeserver.answer = own
+    resp = await bridge.get(SYNC, headers=bearer())
+    assert resp.headers.getall("Access-Control-Allow-Origin") == ["https://a.test"]
+
+
 async def test_query_with_semicolons_cannot_smuggle_an_identity(
     bridge: BridgeClient,
     homeserver: FakeHomeserver,
