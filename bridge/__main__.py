@@ -1,10 +1,12 @@
-"""Command line: serve, check-config, generate-registration, probe, rotate-key."""
+"""Command line: serve, check-config, config-schema, generate-registration, probe,
+rotate-key, doctor."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import os
 import socket
@@ -18,7 +20,7 @@ from aiohttp import web
 
 from bridge.accesslog import AccessLogger
 from bridge.app import create_app
-from bridge.config import BridgeConfig, load_config
+from bridge.config import BridgeConfig, json_schema, load_config
 from bridge.errors import ConfigError
 from bridge.homeserver.probe import ProbeFailed, probe
 from bridge.homeserver.registration import registration
@@ -39,11 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("serve", "run the bridge"),
         ("check-config", "validate the configuration file and exit"),
+        ("config-schema", "print the JSON Schema of the configuration file"),
         ("generate-registration", "write the appservice registration for the homeserver"),
         ("probe", "ask the homeserver which identity strategies work with it"),
         ("rotate-key", "re-encrypt the store with the first of store.encryption_keys"),
     ):
         command = commands.add_parser(name, help=help_text)
+        if name == "config-schema":
+            continue
         command.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
         if name == "serve":
             # Internal: how the main process starts a worker (listen.workers > 1),
@@ -201,6 +206,9 @@ async def _rotate_key(config: BridgeConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config-schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     try:
         config = load_config(args.config)
         if args.command == "check-config":
@@ -219,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _serve(config)
     except ConfigError as e:
-        print(f"matrix-oidc-bridge: config error: {e}", file=sys.stderr)
+        for line in e.lines():
+            print(f"matrix-oidc-bridge: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except ProbeFailed as e:
         # Transient (the homeserver may be starting): not exit code 11, so
