@@ -54,6 +54,8 @@ class MatrixError(BridgeError):
 
     status: int = 500
     errcode: str = "M_UNKNOWN"
+    # Why a token was refused, in the metrics' words (bridge.metrics.VALIDATION_OUTCOMES).
+    outcome: str = ""
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from bridge.accesslog import AccessLogger
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO bridge\.access \S+ GET "
-    r"(?P<path>/_matrix/client/v3/\w+) 200 \d+ 1\.5ms$"
+    r"(?P<path>/_matrix/client/v3/\w+) 200 \d+ 1\.5ms (?P<route>\w+) (?P<request_id>\S+)$"
 )
 
 
