@@ -226,6 +226,7 @@ def _store_config(tmp_path: Path, db: Path, key: str) -> Path:
             "probe_at_start": False,
         },
         "listen": {"host": "127.0.0.1", "port": 0},
+        "ops": {"enabled": False},
         "store": {"path": str(db), "encryption_keys": [key]},
     }
     path = tmp_path / f"serve-{key[:6]}.yaml"
