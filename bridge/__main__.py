@@ -88,6 +88,7 @@ def _supervise(config_path: Path, config: BridgeConfig) -> int:
     # prometheus-client's multiprocess mode: every worker writes its metrics into one
     # private directory, and /metrics on any of them serves the sum.
     metrics_dir = tempfile.mkdtemp(prefix="matrix-oidc-bridge-metrics-")
+    log.info("the workers' metrics in %s (prometheus-client's multiprocess mode)", metrics_dir)
     try:
         supervisor = Supervisor(
             command,

@@ -106,9 +106,13 @@ class AccessLogger(AbstractAccessLogger):
 
     @property
     def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+        # aiohttp asks once per connection: the level is checked on each line instead,
+        # so that a reload's new level applies to open connections too.
+        return True
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         request_id = request.get(REQUEST_ID, "-")
         route = request.get(ROUTE_GROUP, "other")
         user = None

@@ -30,7 +30,7 @@ from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.introspection import Introspector
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.metrics import Metrics
+from bridge.metrics import Metrics, multiprocess_dir
 from bridge.paths import routing_path
 from bridge.proxy import LONG_POLL, Forwarder
 from bridge.request_id import HEADER as REQUEST_ID_HEADER
@@ -88,6 +88,27 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         refresh.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresh
+
+
+# Seconds between samples of the gauges read from live state (cache sizes) with several
+# workers: a scrape reaches one worker, which cannot ask the others.
+SAMPLE_INTERVAL = 1.0
+
+
+async def sample_metrics(app: web.Application) -> AsyncIterator[None]:
+    """With several workers, keep this worker's sampled gauges fresh in the shared files."""
+
+    async def sample_forever() -> None:
+        while True:
+            app[METRICS].sample()
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    task = asyncio.create_task(sample_forever()) if multiprocess_dir() is not None else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def probe_homeserver(app: web.Application) -> AsyncIterator[None]:
@@ -253,6 +274,7 @@ def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Appl
     app.cleanup_ctx.append(issuer_client)
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(homeserver_client)
+    app.cleanup_ctx.append(sample_metrics)
     app.on_response_prepare.append(_response_headers)
     well_known.add_routes(app)
     discovery.add_routes(app)

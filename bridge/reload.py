@@ -128,6 +128,8 @@ class Reloader:
             if not _reloadable(key):
                 log.warning("reload: %s changed; ignored until the next restart", key)
         applied = [key for key in changed if _reloadable(key)]
+        # Said before the logging changes: at a higher level it would not be seen.
+        log.info("reload: applying %s", ", ".join(applied) if applied else "nothing new")
         self._configure_logging(new.logging)
         live = self._app[LIVE]
         live.well_known = new.well_known
@@ -143,4 +145,3 @@ class Reloader:
                     client_ids=frozenset(new.issuer.client_ids),
                 )
         self._running = running_config(self._running, new)
-        log.info("reloaded: %s", ", ".join(applied) if applied else "nothing to change")
