@@ -16,6 +16,7 @@ once, not when its entry expires (:meth:`CachedAuthenticator.forget_device`,
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,9 @@ from bridge.config import TokenCacheConfig
 from bridge.errors import IssuerUnavailable
 from bridge.metrics import Metrics
 from bridge.singleflight import SingleFlight
+
+
+log = logging.getLogger("bridge.auth")
 
 
 def token_key(token: str) -> bytes:
@@ -132,6 +136,7 @@ class CachedAuthenticator:
             return refused.identity_or_raise()
         self.misses += 1
         self._miss.inc()
+        log.debug("token cache miss: asking the issuer")
         verdict = await self._inflight.run(key, lambda: self._verify_and_keep(key, token))
         return verdict.identity_or_raise()
 
@@ -184,6 +189,7 @@ class CachedAuthenticator:
         except IssuerUnavailable:
             self._validations["issuer_unavailable"].inc()
             raise
+        log.debug("token judged by the issuer: %s", verdict.outcome)
         counter = self._validations.get(verdict.outcome)
         if counter is not None:
             counter.inc()

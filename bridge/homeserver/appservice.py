@@ -173,6 +173,7 @@ class AppserviceClient:
                 client_timeout=self._timeout,
                 metrics=self._metrics,
             )
+            log.debug("appservice %s %s: HTTP %s", method, path, status)
             if status != 429 or attempt == _RATE_LIMIT_RETRIES:
                 break
             wait = answer.get("retry_after_ms")

@@ -117,6 +117,7 @@ class IssuerMetadata:
         metadata = Metadata(document, json.dumps(document).encode())
         self.current = metadata
         self.fetched_at = time.monotonic()
+        log.debug("issuer metadata fetched from %s", url)
         self._metrics.issuer_metadata_fetched()
         return metadata
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,8 @@ from aiohttp import web
 from bridge.errors import BadRequest, Forbidden, MatrixError, NotFound
 from bridge.homeserver.provisioning import ProfileChange, Provisioning
 from bridge.state import CONFIG, METRICS, PROVISIONING
+
+log = logging.getLogger("bridge.mas_api")
 
 MAS_ROUTE = "mas:"
 PREFIX = "/_synapse/mas/"
@@ -320,6 +323,7 @@ def _served(
             raise
         response.headers.update(_NO_CACHE)
         request.app[METRICS].provisioning_done(name, response.status)
+        log.debug("MAS provisioning call %s: HTTP %s", name, response.status)
         return response
 
     return serve
