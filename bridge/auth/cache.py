@@ -30,7 +30,6 @@ from bridge.errors import IssuerUnavailable
 from bridge.metrics import Metrics
 from bridge.singleflight import SingleFlight
 
-
 log = logging.getLogger("bridge.auth")
 
 
