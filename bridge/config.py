@@ -25,6 +25,9 @@ from cryptography.fernet import Fernet
 from bridge.errors import ConfigError
 
 IntrospectionAuth = Literal["client_secret_basic", "client_secret_post", "mas_shared_secret"]
+# How access tokens are judged: RFC 7662 introspection, RFC 9068 JWTs checked
+# locally, or JWTs locally and anything that is not a JWT by introspection.
+Validation = Literal["introspection", "jwt", "jwt_then_introspection"]
 IssuerKind = Literal["oidc", "mas"]
 Strategy = Literal["device_login", "masquerade"]
 StoreKind = Literal["sqlite", "postgres"]
@@ -113,12 +116,36 @@ class IntrospectionConfig:
     timeout: float = 10.0
 
 
+# JWS algorithms a JWT access token may be signed with. Never ``none`` nor an
+# HMAC (HS*): a shared secret the issuer also publishes is no signature.
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """RFC 9068 JWT access tokens, checked against the issuer's JWKS (``jwks_uri``)."""
+
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    # typ at+jwt (or application/at+jwt), RFC 9068 §2.1; false for an issuer
+    # that does not set it (ID tokens are then told apart by their claims).
+    require_typ: bool = True
+    # Seconds between background refreshes of the JWKS.
+    jwks_refresh_interval: float = 300.0
+    # A kid the JWKS lacks causes one shared refetch, then none for this long.
+    jwks_refetch_cooldown: float = 10.0
+    # Seconds a kid that a refetch did not find is refused without fetching.
+    unknown_kid_ttl: float = 60.0
+
+
 @dataclass(frozen=True)
 class IssuerConfig:
     """The upstream OAuth/OIDC issuer (MAS, or any server with DCR and device scopes)."""
 
     issuer: str
-    introspection: IntrospectionConfig
+    # None only with validation: jwt and kind: oidc (nothing to introspect).
+    introspection: IntrospectionConfig | None
     # mas: matrix-authentication-service (matrix.kind: synapse). The bridge then
     # serves MAS's homeserver provisioning API (/_synapse/mas/*), authenticated
     # by MAS's matrix.secret, which is also introspection.client_secret.
@@ -134,10 +161,18 @@ class IssuerConfig:
     metadata_refresh_interval: float = 300.0
     # When not empty, a token's ``aud`` must name one of these, and its
     # ``client_id`` must be one of those (introspection answers and JWTs alike).
+    # A JWT's ``aud`` is always checked: against ``public_baseurl`` when empty.
     audiences: tuple[str, ...] = ()
     client_ids: tuple[str, ...] = ()
     # Validations that may wait on the issuer at once; beyond, 503 at once.
     max_inflight: int = 64
+    validation: Validation = "introspection"
+    # Seconds any call to the issuer may take (discovery, JWKS; introspection
+    # unless introspection.timeout says otherwise).
+    timeout: float = 10.0
+    # Seconds of clock skew allowed on exp, nbf and iat (JWTs and introspection).
+    leeway: float = 30.0
+    jwt: JwtConfig = JwtConfig()
 
 
 @dataclass(frozen=True)
@@ -145,10 +180,14 @@ class TokenCacheConfig:
     """Bounds of the validated-token cache."""
 
     max_size: int = 10_000
-    max_ttl: float = 300.0
+    # Synapse's own maximum in MAS mode; never beyond the token's expiry.
+    max_ttl: float = 120.0
     negative_ttl: float = 10.0
     # Inactive tokens are kept apart, so garbage never evicts a live session.
     negative_max_size: int = 10_000
+    # While the issuer cannot answer, a session validated before may be served
+    # past max_ttl, until the token's own expiry and never beyond.
+    stale_if_error: bool = True
 
 
 @dataclass(frozen=True)
@@ -236,7 +275,9 @@ class _Section:
             raise ConfigError(self.key(name), "must be a non-empty string")
         return value
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def number(
+        self, name: str, default: float, *, minimum: float = 0.0, maximum: float = math.inf
+    ) -> float:
         value = self._get(name)
         if value is None:
             return default
@@ -244,6 +285,8 @@ class _Section:
             raise ConfigError(self.key(name), "must be a number")
         if not math.isfinite(value) or value < minimum:
             raise ConfigError(self.key(name), f"must be a finite number of at least {minimum:g}")
+        if value > maximum:
+            raise ConfigError(self.key(name), f"must be at most {maximum:g}")
         return float(value)
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -385,6 +428,39 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
         )
         listen_sec.finish()
 
+    validation = cast(
+        Validation,
+        sec.choice(
+            "validation", ("introspection", "jwt", "jwt_then_introspection"), "introspection"
+        ),
+    )
+    timeout = sec.number("timeout", 10.0, minimum=0.1)
+    leeway = sec.number("leeway", 30.0, maximum=300.0)
+    jwt = _parse_jwt(sec)
+    introspection = None
+    if sec.present("introspection") or validation != "jwt" or kind == "mas":
+        introspection = _parse_introspection(sec, kind, timeout)
+    sec.finish()
+    return IssuerConfig(
+        issuer=issuer,
+        introspection=introspection,
+        kind=kind,
+        compat_url=compat_url,
+        provisioning_listen=provisioning_listen,
+        account_management_url=account,
+        localpart_claim=claim,
+        metadata_refresh_interval=refresh,
+        audiences=audiences,
+        client_ids=client_ids,
+        max_inflight=max_inflight,
+        validation=validation,
+        timeout=timeout,
+        leeway=leeway,
+        jwt=jwt,
+    )
+
+
+def _parse_introspection(sec: _Section, kind: IssuerKind, timeout: float) -> IntrospectionConfig:
     intro = sec.section("introspection")
     auth = cast(
         IntrospectionAuth,
@@ -406,23 +482,31 @@ def _parse_issuer(top: _Section) -> IssuerConfig:
         auth=auth,
         client_id=client_id,
         client_secret=intro.secret("client_secret"),
-        timeout=intro.number("timeout", 10.0, minimum=0.1),
+        timeout=intro.number("timeout", timeout, minimum=0.1),
     )
     intro.finish()
-    sec.finish()
-    return IssuerConfig(
-        issuer=issuer,
-        introspection=introspection,
-        kind=kind,
-        compat_url=compat_url,
-        provisioning_listen=provisioning_listen,
-        account_management_url=account,
-        localpart_claim=claim,
-        metadata_refresh_interval=refresh,
-        audiences=audiences,
-        client_ids=client_ids,
-        max_inflight=max_inflight,
+    return introspection
+
+
+def _parse_jwt(issuer_sec: _Section) -> JwtConfig:
+    sec = issuer_sec.section("jwt", required=False)
+    algorithms = sec.text_list("algorithms") or JwtConfig.algorithms
+    for alg in algorithms:
+        if alg not in JWT_ALGORITHMS:
+            # none and HS*: a token anyone holding the public key could sign.
+            raise ConfigError(
+                sec.key("algorithms"),
+                f"{alg!r} is not allowed (one of {', '.join(sorted(JWT_ALGORITHMS))})",
+            )
+    config = JwtConfig(
+        algorithms=algorithms,
+        require_typ=sec.boolean("require_typ", True),
+        jwks_refresh_interval=sec.number("jwks_refresh_interval", 300.0, minimum=10.0),
+        jwks_refetch_cooldown=sec.number("jwks_refetch_cooldown", 10.0, minimum=0.1),
+        unknown_kid_ttl=sec.number("unknown_kid_ttl", 60.0),
     )
+    sec.finish()
+    return config
 
 
 def _parse_homeserver(top: _Section) -> HomeserverConfig:
@@ -566,9 +650,10 @@ def parse_config(raw: object) -> BridgeConfig:
     cache_sec = top.section("token_cache", required=False)
     token_cache = TokenCacheConfig(
         max_size=cache_sec.integer("max_size", 10_000, minimum=1),
-        max_ttl=cache_sec.number("max_ttl", 300.0, minimum=1.0),
+        max_ttl=cache_sec.number("max_ttl", 120.0, minimum=1.0),
         negative_ttl=cache_sec.number("negative_ttl", 10.0),
         negative_max_size=cache_sec.integer("negative_max_size", 10_000, minimum=1),
+        stale_if_error=cache_sec.boolean("stale_if_error", True),
     )
     cache_sec.finish()
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bridge.config import IssuerConfig
+from bridge.config import IntrospectionConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
@@ -30,13 +30,13 @@ class Introspector:
         self,
         session: aiohttp.ClientSession,
         metadata: IssuerMetadata,
-        config: IssuerConfig,
+        config: IntrospectionConfig,
         limit: InflightLimit,
     ) -> None:
         self._session = session
         self._metadata = metadata
         self._limit = limit
-        self._config = config.introspection
+        self._config = config
         self._timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         self._headers, self._form_auth = self._client_auth()
 
@@ -77,7 +77,10 @@ class Introspector:
                         # 401 here means the bridge's own credentials are wrong: an
                         # admin problem, which must not log every user out.
                         log.error("introspection answered HTTP %s", resp.status)
-                        raise IssuerUnavailable("The authentication service refused introspection")
+                        raise IssuerUnavailable(
+                            "The authentication service refused introspection",
+                            retry_after=retry_after(resp),
+                        )
                     answer = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             log.warning("introspection failed: %s", type(e).__name__)
@@ -85,6 +88,13 @@ class Introspector:
         if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
             raise IssuerUnavailable("The authentication service gave a malformed answer")
         return answer
+
+
+def retry_after(resp: aiohttp.ClientResponse) -> int:
+    """The issuer's own ``Retry-After`` (seconds, on a 429 or 503) passed on to the
+    client when it is sane (1 s to 5 min); 5 s otherwise."""
+    value = resp.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() and 1 <= int(value) <= 300 else 5
 
 
 # OAuth error codes (RFC 6750 §3.1, RFC 7009 §2.2.1) that judge the token, not the caller.
