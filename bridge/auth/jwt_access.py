@@ -22,6 +22,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import time
 from typing import Any
 
 import jwt
@@ -36,8 +38,11 @@ _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 # and Keycloak's own marker of one.
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
 _NUMERIC_CLAIMS = ("exp", "nbf", "iat")
+# exp is compared here, once it is known to be a number (PyJWT reads it with int():
+# "1700000000" and true would pass as numbers, true as an expired one).
 _DECODE_OPTIONS: jwt.types.Options = {
     "require": ["exp", "iss", "aud"],
+    "verify_exp": False,
     "enforce_minimum_key_length": True,
 }
 
@@ -104,8 +109,6 @@ class JwtVerifier:
                 issuer=self._issuer,
                 leeway=self._leeway,
             )
-        except jwt.ExpiredSignatureError:
-            return Verdict(None, "Token has expired", soft_logout=True)
         except jwt.ImmatureSignatureError:
             return refuse("Token is not valid yet")
         except jwt.InvalidIssuerError:
@@ -129,8 +132,12 @@ class JwtVerifier:
         for claim in _NUMERIC_CLAIMS:
             value = claims.get(claim)
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)  # Python's JSON reads Infinity and NaN
             ):
-                # PyJWT reads them with int(): "1700000000" would pass.
                 return refuse(f"Token's {claim} claim is not a number")
-        return self._rules.identify(claims, float(claims["exp"]))
+        exp = float(claims["exp"])
+        if exp <= time.time() - self._leeway:
+            return Verdict(None, "Token has expired", soft_logout=True)
+        return self._rules.identify(claims, exp)
