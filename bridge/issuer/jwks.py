@@ -5,10 +5,12 @@
   calls (:class:`InflightLimit`); kept by ``kid``; refreshed in the background
   every ``jwt.jwks_refresh_interval``. A failed fetch keeps the keys held.
 - A ``kid`` that is not held causes one refetch, shared by every token that
-  waits for it; after any fetch, none for ``jwt.jwks_refetch_cooldown``
+  waits for it; then no other refetch for ``jwt.jwks_refetch_cooldown``
   seconds, whatever ``kid`` is asked for; and a ``kid`` the refetch did not
   find is refused at once for ``jwt.unknown_kid_ttl`` (a bounded memory). So
-  a flood of made-up ``kid``s reaches the issuer at most once per cooldown.
+  a flood of made-up ``kid``s reaches the issuer at most once per cooldown,
+  besides the scheduled refreshes (which do not start a cooldown: a key the
+  issuer starts to use just after one is still found at once).
 - During a cooldown, a ``kid`` neither held nor known to be missing gets 503
   with ``Retry-After``: it may be a key the issuer has just started to sign
   with, and a 401 would log its users out.
@@ -100,7 +102,8 @@ class SigningKeys:
         # (kid, position under that kid, alg) → the key, built once (None: unusable).
         self._built: dict[tuple[str | None, int, str], jwt.PyJWK | None] = {}
         self.loaded = False
-        self._fetched_at = -math.inf  # time.monotonic() when the last fetch ended
+        # time.monotonic() when the last refetch for an unknown kid ended.
+        self._refetched_at = -math.inf
         self._failure: IssuerUnavailable | None = None
         self._unknown: OrderedDict[str | None, float] = OrderedDict()
         self._flight: SingleFlight[str, None] = SingleFlight()
@@ -126,7 +129,7 @@ class SigningKeys:
         if missing_until is not None and missing_until > now:
             return "Token is signed with a key the issuer does not publish"
         if not len(self._flight):
-            wait = self._fetched_at + self._config.jwks_refetch_cooldown - now
+            wait = self._refetched_at + self._config.jwks_refetch_cooldown - now
             if wait > 0:
                 raise IssuerUnavailable(
                     "The authentication service's keys are being refreshed",
@@ -186,22 +189,29 @@ class SigningKeys:
         return self._built[slot]
 
     async def _refetch(self) -> None:
-        """A fetch whose failure is recorded, not raised (its waiters read ``_failure``)."""
+        """A fetch for an unknown kid: it starts a cooldown, and its failure is recorded,
+        not raised (its waiters read ``_failure``)."""
         try:
             await self.fetch()
         except IssuerUnavailable as e:
             log.warning("JWKS fetch failed: %s", e.message)
+        finally:
+            self._refetched_at = time.monotonic()
+
+    async def _refresh(self) -> None:
+        try:
+            await self.fetch()
+        except IssuerUnavailable as e:
+            log.warning("JWKS refresh failed: %s", e.message)
 
     async def fetch(self) -> None:
         """Fetch the JWKS and keep it if it is one (IssuerUnavailable otherwise)."""
+        self.fetches += 1
         try:
             keys = await self._download()
         except IssuerUnavailable as e:
             self._failure = e
             raise
-        finally:
-            self._fetched_at = time.monotonic()
-            self.fetches += 1
         self._failure = None
         self._keys = keys
         self._built = {}
@@ -256,4 +266,4 @@ class SigningKeys:
             )
             await asyncio.sleep(delay)
             if self._metadata.current is not None:
-                await self._flight.run("jwks", self._refetch)
+                await self._flight.run("jwks", self._refresh)
