@@ -47,6 +47,10 @@ _DECODE_OPTIONS: jwt.types.Options = {
 }
 
 
+# Headers read lately, by their encoded segment: one issuer's tokens share a few.
+_HEADERS_KEPT = 64
+
+
 def unverified_header(token: str) -> dict[str, Any] | None:
     """The JOSE header, read only to choose the key (PyJWT reads it again, strictly)."""
     segment = token.partition(".")[0]
@@ -81,11 +85,24 @@ class JwtVerifier:
         self._audiences = list(issuer.audiences) or [config.public_baseurl]
         self._leeway = issuer.leeway
         self._decoder = jwt.PyJWT()
+        self._headers: dict[str, dict[str, Any] | None] = {}
+
+    def _header(self, token: str) -> dict[str, Any] | None:
+        """:func:`unverified_header`, remembered for the few headers an issuer uses
+        (bounded: emptied when full, so made-up headers cannot grow it)."""
+        segment = token.partition(".")[0]
+        header = self._headers.get(segment)
+        if header is None:
+            header = unverified_header(segment)
+            if len(self._headers) >= _HEADERS_KEPT:
+                self._headers.clear()
+            self._headers[segment] = header
+        return header
 
     async def verify(self, token: str) -> Verdict:
         # Only while the discovery document is trusted (503 otherwise, never 401).
         self._metadata.require()
-        header = unverified_header(token)
+        header = self._header(token)
         if header is None:
             return refuse("Token is not a JWT")
         alg = header.get("alg")
@@ -96,7 +113,9 @@ class JwtVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             return refuse("Token names its key wrongly")
-        key = await self._keys.key(kid, alg)
+        key = self._keys.held(kid, alg)
+        if key is None:
+            key = await self._keys.key(kid, alg)
         if isinstance(key, str):
             return refuse(key)
         try:

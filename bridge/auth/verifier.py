@@ -8,6 +8,7 @@ of them leave the identity to :class:`ClaimRules`.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -117,11 +118,16 @@ class ClaimRules:
             )
         except MatrixError as e:
             return Verdict(None, e.message, expires_at, forbidden=isinstance(e, Forbidden))
-        if not re.fullmatch(user_namespace(self.server_name), identity.user_id) or any(
+        if not _namespace(self.server_name).fullmatch(identity.user_id) or any(
             rx.match(identity.user_id) for rx in self.exclusive_users
         ):
             return Verdict(None, "This user belongs to another application service", forbidden=True)
         return Verdict(identity, expires_at=expires_at)
+
+
+@functools.lru_cache(maxsize=4)
+def _namespace(server_name: str) -> re.Pattern[str]:
+    return re.compile(user_namespace(server_name))
 
 
 def _audiences(aud: object) -> set[str]:

@@ -115,6 +115,11 @@ class SigningKeys:
         """The ``kid``s held now."""
         return set(self._keys)
 
+    def held(self, kid: str | None, alg: str) -> jwt.PyJWK | str | None:
+        """The key if held now; a reason when the held key does not fit; None when no
+        key is held for ``kid`` (then :meth:`key`)."""
+        return self._find(kid, alg)
+
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | str:
         """The key for a token's ``kid`` and ``alg``, or why there is none (a 401).
 
