@@ -160,6 +160,7 @@ class FakeIssuer:
         self.discovery_issuer: str | None = None
         self.discovery_extra: dict[str, object] = {}
         self.discovery_requests = 0
+        self.discovery_delay = 0.0
         self.introspections: list[IntrospectionRequest] = []
         # Introspections being answered now, and the most ever at once.
         self.introspecting = 0
@@ -263,6 +264,7 @@ class FakeIssuer:
 
     async def _discovery(self, _request: web.Request) -> web.Response:
         self.discovery_requests += 1
+        await asyncio.sleep(self.discovery_delay)
         return web.json_response(self.discovery_document())
 
     async def _jwks(self, _request: web.Request) -> web.Response:

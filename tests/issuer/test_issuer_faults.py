@@ -310,6 +310,20 @@ async def test_10000_garbage_tokens_at_concurrency_200(
     assert {r.query["user_id"] for r in homeserver.client_requests} == {"@alice:example.test"}
 
 
+@pytest.mark.parametrize("validation", ["introspection", "jwt"])
+async def test_a_slow_discovery_document_is_given_up_after_issuer_timeout(
+    make_bridge: MakeBridge, issuer: Issuer, validation: str
+) -> None:
+    issuer.fake.discovery_delay = TIMEOUT * 4
+    started = time.monotonic()
+    bridge = await make_bridge(validation)
+    assert time.monotonic() - started < TIMEOUT * 3  # the bridge did not wait for it
+    token = "fresh" if validation == "introspection" else issuer.fake.sign()
+    assert await status(bridge, token) == 503
+    assert issuer.fake.introspections == []
+    assert issuer.fake.jwks_requests == 0
+
+
 async def test_metadata_is_retried_quickly_while_not_trusted(
     issuer: Issuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
