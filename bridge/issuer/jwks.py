@@ -184,7 +184,7 @@ class SigningKeys:
             try:
                 key = jwt.PyJWK(self._keys[kid][position], algorithm=alg)
                 short = key.Algorithm.check_key_length(key.Algorithm.prepare_key(key.key))
-            except jwt.PyJWTError as e:
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError) as e:
                 log.warning("issuer key %r is unusable for %s: %s", kid, alg, e)
                 key, short = None, None
             if short:

@@ -133,6 +133,20 @@ async def test_keys_not_for_signatures_are_ignored(make_keys: MakeKeys, issuer: 
     assert keys.kids == {"rs-1", "es-1"}
 
 
+async def test_a_malformed_key_is_unusable_and_the_others_still_work(
+    make_keys: MakeKeys, issuer: FakeIssuer
+) -> None:
+    issuer.keys += [
+        SigningKey("broken-rsa", "RS256", None, {"kty": "RSA", "kid": "broken-rsa", "e": "AQAB"}),
+        SigningKey("broken-ec", "ES256", None, {"kty": "EC", "kid": "broken-ec", "crv": "P-256"}),
+    ]
+    keys = await make_keys()
+    for kid, alg in (("broken-rsa", "RS256"), ("broken-ec", "ES256")):
+        assert isinstance(await keys.key(kid, alg), str)
+    assert not isinstance(await keys.key("rs-1", "RS256"), str)
+    assert issuer.jwks_requests == 1
+
+
 async def test_an_unknown_kid_causes_one_refetch_then_is_refused_without_fetching(
     keys: SigningKeys, issuer: FakeIssuer
 ) -> None:
