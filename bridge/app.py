@@ -15,10 +15,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from bridge import USER_AGENT
-from bridge.auth.cache import CachedAuthenticator
-from bridge.auth.middleware import authenticate
+from bridge.auth.cache import CachedAuthenticator, cache_namespace
+from bridge.auth.jwt_access import JwtVerifier
+from bridge.auth.middleware import MAX_HEADER_FIELD, authenticate
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
-from bridge.auth.verifier import ClaimRules, IntrospectionVerifier
+from bridge.auth.verifier import (
+    ClaimRules,
+    IntrospectionVerifier,
+    JwtThenIntrospection,
+    TokenVerifier,
+)
 from bridge.config import BridgeConfig
 from bridge.errors import IssuerUnavailable, error_response
 from bridge.homeserver.appservice import AppserviceClient
@@ -28,6 +34,7 @@ from bridge.homeserver.probe import check_strategy
 from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.introspection import Introspector
+from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.metrics import Metrics, multiprocess_dir
@@ -67,27 +74,54 @@ def _session(**kwargs: object) -> aiohttp.ClientSession:
 
 
 async def issuer_client(app: web.Application) -> AsyncIterator[None]:
-    """Issuer session, discovery (fetched now, refreshed in the background), token cache."""
+    """Issuer session, discovery and JWKS (fetched now, refreshed in the background),
+    the token verifier for ``issuer.validation``, and the token cache."""
     config = app[CONFIG]
+    issuer = config.issuer
     metrics = app[METRICS]
     async with _session() as session:
-        metadata = IssuerMetadata(session, config.issuer, metrics)
+        metadata = IssuerMetadata(session, issuer, metrics)
         try:
             await metadata.fetch()
         except IssuerUnavailable as e:
             log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
         app[ISSUER_METADATA] = metadata
-        limit = InflightLimit(config.issuer.max_inflight)
-        verifier = IntrospectionVerifier(
-            Introspector(session, metadata, config.issuer, limit, metrics),
-            ClaimRules.from_config(config),
+        limit = InflightLimit(issuer.max_inflight)
+        rules = ClaimRules.from_config(config)
+        refreshing = [metadata.refresh_forever()]
+        verifier: TokenVerifier | None = None
+        if issuer.introspection is not None and issuer.validation != "jwt":
+            introspector = Introspector(session, metadata, issuer.introspection, limit, metrics)
+            verifier = IntrospectionVerifier(introspector, rules)
+        if issuer.validation != "introspection":
+            keys = SigningKeys(
+                session,
+                metadata,
+                issuer,
+                limit,
+                max_unknown=config.token_cache.negative_max_size,
+                metrics=metrics,
+            )
+            if metadata.current is not None:
+                with contextlib.suppress(IssuerUnavailable):  # logged; retried
+                    await keys.fetch()
+            refreshing.append(keys.refresh_forever())
+            jwt_verifier = JwtVerifier(keys, metadata, config, rules)
+            verifier = (
+                jwt_verifier if verifier is None else JwtThenIntrospection(jwt_verifier, verifier)
+            )
+        assert verifier is not None  # the config requires introspection where it is needed
+        namespace = cache_namespace(issuer.validation, issuer.issuer)
+        app[AUTHENTICATOR] = CachedAuthenticator(
+            verifier, config.token_cache, metrics, namespace=namespace
         )
-        app[AUTHENTICATOR] = CachedAuthenticator(verifier, config.token_cache, metrics)
-        refresh = asyncio.create_task(metadata.refresh_forever())
+        tasks = [asyncio.create_task(refresh) for refresh in refreshing]
         yield
-        refresh.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresh
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # Seconds between samples of the gauges read from live state (cache sizes) with several
@@ -261,7 +295,12 @@ def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Appl
     """The client-facing application for ``config`` (``metrics``: a fresh set unless
     given)."""
     metrics = metrics if metrics is not None else Metrics()
-    app = web.Application(middlewares=[front_middleware(metrics, RequestIDs())])
+    # A header field up to MAX_HEADER_FIELD is read, so that an absurd token gets a
+    # Matrix 401 from the auth middleware rather than a bare 400 from the parser.
+    app = web.Application(
+        middlewares=[front_middleware(metrics, RequestIDs())],
+        handler_args={"max_field_size": MAX_HEADER_FIELD},
+    )
     app[CONFIG] = config
     app[METRICS] = metrics
     app[LIVE] = LiveSettings.from_config(config)
