@@ -345,6 +345,8 @@ def bridge_config(
             },
         },
         "token_cache": {"max_ttl": 3600},
+        # As deployed: metrics recorded, and served on an ops port of its own.
+        "ops": {"enabled": True, "host": HOST, "port": free_port()},
     }
     if strategy == "device_login":
         raw["store"] = {
