@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,6 +17,7 @@ from aiohttp.typedefs import Handler
 from bridge import USER_AGENT
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.middleware import authenticate
+from bridge.auth.not_before import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.auth.verifier import ClaimRules, IntrospectionVerifier
 from bridge.config import BridgeConfig
@@ -29,20 +31,30 @@ from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.introspection import Introspector
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.issuer.oauth import OAuthClient
+from bridge.login import backchannel, matrix, sso
+from bridge.login.jwts import JwtChecks, SigningKeySource
+from bridge.login.service import LoginLayer
 from bridge.paths import routing_path
 from bridge.proxy import Forwarder
 from bridge.routes import client, compat, discovery, mas_api, well_known
 from bridge.routes.cors import add_cors_headers
 from bridge.routes.refused import refuse
 from bridge.state import (
+    APPSERVICE,
     AUTHENTICATOR,
     CONFIG,
     FORWARDER,
+    ISSUER_LIMIT,
     ISSUER_METADATA,
+    ISSUER_SESSION,
+    LOGIN,
+    LOGOUT_MOMENTS,
     PATH,
     PROVISIONING,
     RESET_APPROVALS,
     STORE,
+    STRATEGY,
 )
 from bridge.store import open_store
 
@@ -68,7 +80,8 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         except IssuerUnavailable as e:
             log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
         app[ISSUER_METADATA] = metadata
-        limit = InflightLimit(config.issuer.max_inflight)
+        app[ISSUER_SESSION] = session
+        limit = app[ISSUER_LIMIT] = InflightLimit(config.issuer.max_inflight)
         verifier = IntrospectionVerifier(
             Introspector(session, metadata, config.issuer, limit), ClaimRules.from_config(config)
         )
@@ -137,11 +150,95 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
         app[FORWARDER] = Forwarder(
             session, config, strategy, txn_key, long_poll_session=long_poll_session
         )
+        app[FORWARDER].logged_out = app[LOGOUT_MOMENTS].refuses
+        app[STRATEGY] = strategy
+        app[APPSERVICE] = appservice
         if config.issuer.kind == "mas":
             app[PROVISIONING] = Provisioning(
                 appservice, strategy, app[AUTHENTICATOR], app[RESET_APPROVALS], config
             )
         yield
+
+
+# How often expired login secrets, logout token IDs and old moments are dropped.
+_SWEEP_INTERVAL = 60.0
+
+
+def signing_keys(app: web.Application) -> SigningKeySource | None:
+    """The issuer's JWKS, for ID and logout tokens; None until the bridge has a JWKS
+    cache (bridge.issuer), which back-channel logout then waits for (501)."""
+    return None
+
+
+async def login_layer(app: web.Application) -> AsyncIterator[None]:
+    """The legacy login layer (with a ``login`` section): its OAuth client, the logout
+    moments read from the store and then followed, and the store's sweeping."""
+    config = app[CONFIG]
+    if config.login is None:
+        yield
+        return
+    store = app[STORE]
+    moments = app[LOGOUT_MOMENTS]
+    oauth = OAuthClient(
+        app[ISSUER_SESSION],
+        app[ISSUER_METADATA],
+        config.login,
+        app[ISSUER_LIMIT],
+        config.issuer.introspection.timeout,
+    )
+    jwts = JwtChecks(
+        issuer=config.issuer.issuer,
+        client_id=config.login.client_id,
+        algorithms=config.login.signing_algorithms,
+        keys=signing_keys(app),
+    )
+    app[LOGIN] = LoginLayer(
+        config=config,
+        oauth=oauth,
+        jwts=jwts,
+        store=store,
+        authenticator=app[AUTHENTICATOR],
+        moments=moments,
+        strategy=app[STRATEGY],
+        appservice=app[APPSERVICE],
+    )
+    # Before the first request: every moment already recorded.
+    moments.apply(await store.logout_moments_since(0))
+    retention = config.login.logout_retention
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            now = int(time.time())
+            try:
+                await store.sweep(now, int(now - retention))
+            except Exception as e:  # the next sweep tries again
+                log.warning("sweeping the store failed: %s", type(e).__name__)
+            moments.prune(int(now - retention))
+
+    tasks = [
+        asyncio.create_task(
+            store.follow_logout_moments(moments.apply, interval=config.login.sync_interval)
+        ),
+        asyncio.create_task(sweep_forever()),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _drop_cached_sessions(app: web.Application, user_id: str, device_id: str | None) -> None:
+    """A logout moment was applied: its sessions leave the token cache at once."""
+    authenticator = app.get(AUTHENTICATOR)
+    if authenticator is None:
+        return
+    if device_id is None:
+        authenticator.forget_user(user_id)
+    else:
+        authenticator.forget_device(user_id, device_id)
 
 
 @web.middleware
@@ -180,10 +277,14 @@ def create_app(config: BridgeConfig) -> web.Application:
     app = web.Application(middlewares=[front])
     app[CONFIG] = config
     app[RESET_APPROVALS] = CrossSigningResetApprovals()
+    app[LOGOUT_MOMENTS] = LogoutMoments(
+        on_logout=lambda user_id, device_id: _drop_cached_sessions(app, user_id, device_id)
+    )
     app.cleanup_ctx.append(probe_homeserver)
     app.cleanup_ctx.append(issuer_client)
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(homeserver_client)
+    app.cleanup_ctx.append(login_layer)
     well_known.add_routes(app)
     discovery.add_routes(app)
     if config.issuer.kind == "mas":
@@ -191,5 +292,10 @@ def create_app(config: BridgeConfig) -> web.Application:
         mas_api.add_routes(app)
         # Legacy login, logout and refresh: MAS's compatibility layer.
         compat.add_routes(app)
+    elif config.login is not None:
+        # Legacy login, logout and refresh, and back-channel logout: the bridge's own.
+        matrix.add_routes(app)
+        sso.add_routes(app)
+        backchannel.add_routes(app)
     client.add_routes(app)
     return app

@@ -176,6 +176,45 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class LoginConfig:
+    """The bridge's own legacy login layer (``issuer.kind: oidc``): SSO redirect,
+    ``m.login.token``, refresh, logout and back-channel logout, served by the bridge
+    as a confidential OAuth client of the issuer (bridge.login).
+
+    ``client_id``/``client_secret`` default to the introspection client's.
+    """
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    # Where an SSO login may send the browser back to (redirectUrl): URL prefixes,
+    # matched on scheme, host and port exactly and on the path segment by segment.
+    # Empty: anywhere, as Synapse (the confirmation page names the client's host).
+    redirect_url_allowlist: tuple[str, ...] = ()
+    # Scopes asked for beyond openid, the Matrix API scope and the device scope
+    # (offline_access, where the issuer wants it for refresh tokens).
+    extra_scopes: tuple[str, ...] = ()
+    # The one identity provider listed in the m.login.sso flow.
+    idp_id: str = "oidc"
+    idp_name: str = "Single sign-on"
+    # Seconds an SSO flow may take from the redirect to the confirmation.
+    flow_ttl: float = 600.0
+    # Seconds a loginToken may wait for its POST /login (one use).
+    login_token_ttl: float = 120.0
+    # m.login.password exchanged at the issuer's token endpoint (resource owner
+    # password credentials): off, see README.
+    password_grant: bool = False
+    # Seconds a logout's "not before" moment is kept: longer than any access
+    # token of the issuer lives.
+    logout_retention: float = 7 * 86400.0
+    # Seconds between two looks at the store for other instances' logouts
+    # (SQLite; PostgreSQL announces them at once with LISTEN/NOTIFY).
+    sync_interval: float = 1.0
+    # Signature algorithms accepted on ID tokens and logout tokens (never none or HMAC).
+    signing_algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     """The whole configuration."""
 
@@ -189,6 +228,9 @@ class BridgeConfig:
     well_known: WellKnownConfig = WellKnownConfig()
     # None when the file has no ``store`` section: the bridge then keeps nothing.
     store: StoreConfig | None = None
+    # None when the file has no ``login`` section: legacy login is then forwarded
+    # to the homeserver (GET/POST /login) or refused (/logout), as before.
+    login: LoginConfig | None = None
 
 
 class _Section:
@@ -545,6 +587,76 @@ def _parse_store(top: _Section) -> StoreConfig | None:
     return StoreConfig(encryption_keys=keys, kind=kind, path=path, dsn=dsn)
 
 
+_SIGNING_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def _redirect_prefix(section: _Section, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            section.key("redirect_url_allowlist"), f"{value!r} must be an http(s) URL prefix"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            section.key("redirect_url_allowlist"),
+            f"{value!r} must not have a query, fragment or user information",
+        )
+    return value
+
+
+def _parse_login(
+    top: _Section, issuer: IssuerConfig, store: StoreConfig | None
+) -> LoginConfig | None:
+    if not top.present("login"):
+        return None
+    sec = top.section("login")
+    if issuer.kind != "oidc":
+        raise ConfigError("login", "is only for issuer.kind: oidc (MAS serves legacy login itself)")
+    if store is None:
+        raise ConfigError(
+            "login", "needs the store section (it keeps login tokens, sessions and logouts)"
+        )
+    intro = issuer.introspection
+    client_id = sec.opt_text("client_id") or intro.client_id
+    if client_id is None:
+        raise ConfigError(sec.key("client_id"), "is required (the introspection has none)")
+    explicit_secret = sec.present("client_secret") or sec.present("client_secret_file")
+    client_secret = sec.secret("client_secret") if explicit_secret else intro.client_secret
+    default_auth = intro.auth if intro.auth != "mas_shared_secret" else "client_secret_basic"
+    client_auth = sec.choice(
+        "client_auth", ("client_secret_basic", "client_secret_post"), default_auth
+    )
+    allowlist = tuple(_redirect_prefix(sec, v) for v in sec.text_list("redirect_url_allowlist"))
+    algorithms = sec.text_list("signing_algorithms") or LoginConfig.signing_algorithms
+    for alg in algorithms:
+        if alg not in _SIGNING_ALGORITHMS:
+            raise ConfigError(
+                sec.key("signing_algorithms"),
+                f"{alg!r} is not an asymmetric JWS algorithm (none and HMAC are never accepted)",
+            )
+    config = LoginConfig(
+        client_id=client_id,
+        client_secret=client_secret,
+        client_auth=cast(Literal["client_secret_basic", "client_secret_post"], client_auth),
+        redirect_url_allowlist=allowlist,
+        extra_scopes=sec.text_list("extra_scopes"),
+        idp_id=sec.text("idp_id", "oidc"),
+        idp_name=sec.text("idp_name", "Single sign-on"),
+        flow_ttl=sec.number("flow_ttl", 600.0, minimum=30.0),
+        login_token_ttl=sec.number("login_token_ttl", 120.0, minimum=5.0),
+        password_grant=sec.boolean("password_grant", False),
+        logout_retention=sec.number("logout_retention", 7 * 86400.0, minimum=60.0),
+        sync_interval=sec.number("sync_interval", 1.0, minimum=0.05),
+        signing_algorithms=algorithms,
+    )
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{1,64}", config.idp_id):
+        raise ConfigError(sec.key("idp_id"), "must be 1 to 64 of A-Z a-z 0-9 . _ ~ -")
+    sec.finish()
+    return config
+
+
 def parse_config(raw: object) -> BridgeConfig:
     """Validate an already-loaded YAML document into a :class:`BridgeConfig`."""
     top = _Section(raw, "")
@@ -582,16 +694,21 @@ def parse_config(raw: object) -> BridgeConfig:
         raise ConfigError("well_known.client_extra", f"must not set {sorted(clash)[0]}")
     wk_sec.finish()
 
+    homeserver = _parse_homeserver(top)
+    appservice = _parse_appservice(top)
+    issuer = _parse_issuer(top)
+    store = _parse_store(top)
     config = BridgeConfig(
         server_name=server_name,
         public_baseurl=public_baseurl,
-        homeserver=_parse_homeserver(top),
-        appservice=_parse_appservice(top),
-        issuer=_parse_issuer(top),
+        homeserver=homeserver,
+        appservice=appservice,
+        issuer=issuer,
         listen=listen,
         token_cache=token_cache,
         well_known=well_known,
-        store=_parse_store(top),
+        store=store,
+        login=_parse_login(top, issuer, store),
     )
     if config.homeserver.strategy == "device_login" and config.store is None:
         raise ConfigError(

@@ -49,7 +49,7 @@ from yarl import URL
 
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
-from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError
+from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError, UnknownToken
 from bridge.headers import HOP_BY_HOP, upstream_headers
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
@@ -173,6 +173,10 @@ class Forwarder:
         long_poll_session: aiohttp.ClientSession | None = None,
     ) -> None:
         homeserver = config.homeserver
+        # Whether an identity's token has been logged out since it was checked
+        # (bridge.auth.not_before): asked before healing, so that a request that
+        # was in flight during a logout cannot provision the device again.
+        self.logged_out: Callable[[Identity], bool] = lambda _identity: False
         self._session = session
         self._long_poll_session = long_poll_session or session
         self._base = homeserver.url
@@ -270,6 +274,7 @@ class Forwarder:
                 client_timeout=self._timeout,
             )
             if attempt == 0 and lost_identity(status, answer):
+                self._refuse_if_logged_out(identity)
                 await self._strategy.heal(identity, authorization)
                 continue
             break
@@ -346,6 +351,7 @@ class Forwarder:
             if attempt == 1:
                 log.error("the homeserver refused the device the bridge provisioned again")
                 raise HomeserverUnavailable("The homeserver refused the gateway's credentials")
+            self._refuse_if_logged_out(identity)
             log.warning("the homeserver lost a provisioned device; provisioning it again")
             await self._strategy.heal(identity, authorization)
             if not retryable:
@@ -355,6 +361,10 @@ class Forwarder:
                     headers={"Retry-After": "0"},
                 )
         raise AssertionError("unreachable")
+
+    def _refuse_if_logged_out(self, identity: Identity) -> None:
+        if self.logged_out(identity):
+            raise UnknownToken("Token has been logged out", extra={"soft_logout": False})
 
     def _route(self, request: web.Request) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
         """The pool and the read timeout: a long poll waits for its own ``timeout``."""

@@ -38,6 +38,9 @@ class Identity:
     # The token grants Synapse's admin API scope (urn:synapse:admin:*). Not part of
     # the identity's equality: the same device is the same device either way.
     admin: bool = field(default=False, compare=False)
+    # The token's ``iat`` (Unix seconds) where the issuer said, for the logout
+    # moments (bridge.auth.not_before). Not part of the identity either.
+    issued_at: float | None = field(default=None, compare=False)
 
 
 def device_scope(device_id: str, *, unstable: bool = False) -> str:
@@ -89,4 +92,13 @@ def identity_from_claims(
     user_id = f"@{localpart}:{server_name}"
     if len(user_id) > _MAX_USER_ID:
         raise UnknownToken("Token's user ID is too long")
-    return Identity(UserID(user_id), DeviceID(device), localpart, admin=ADMIN_SCOPE in scopes)
+    iat = claims.get("iat")
+    return Identity(
+        UserID(user_id),
+        DeviceID(device),
+        localpart,
+        admin=ADMIN_SCOPE in scopes,
+        issued_at=float(iat)
+        if isinstance(iat, int | float) and not isinstance(iat, bool)
+        else None,
+    )
