@@ -283,4 +283,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{version}/login/sso/redirect", sso_redirect, name="login:sso")
     app.router.add_get(f"{version}/login/sso/redirect/{{idp}}", sso_redirect, name="login:sso_idp")
     app.router.add_get(CALLBACK_PATH, sso_callback, name="login:callback")
-    app.router.add_post(CONTINUE_PATH, sso_continue, name="login:continue")
+    app.router.add_post(CONTINUE_PATH, sso_continue, name="login:confirmed")

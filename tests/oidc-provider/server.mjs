@@ -18,6 +18,12 @@
 // Test-only endpoints: GET /_test/counters -> {"introspection": N, "revocation": M,
 // "introspection_max_inflight": K} (the most introspections ever handled at once),
 // POST /_test/counters/reset -> 204.
+//
+// For the bridge's own login layer: dynamic registration accepts confidential clients with
+// back-channel logout (backchannel_logout_uri; the logout tokens are sent to 127.0.0.1 only),
+// refresh tokens are rotated on every use, and the resource owner password credentials grant
+// (`grant_type=password`, which oidc-provider does not ship) is served for clients registered
+// with it: any username, whose password is `password-of-<username>`.
 
 import http from 'node:http';
 
@@ -27,7 +33,7 @@ console.warn = (...args) => {
   if (typeof args[0] === 'string' && args[0].includes('Unsupported runtime')) return;
   originalWarn(...args);
 };
-const { default: Provider } = await import('oidc-provider');
+const { default: Provider, errors: oidcErrors } = await import('oidc-provider');
 
 function requireEnv(name) {
   const value = process.env[name];
@@ -106,6 +112,8 @@ const configuration = {
   },
   // Tokens outlive the browser session of the interaction.
   expiresWithSession: () => false,
+  // Every refresh hands out a new refresh token and uses the old one up.
+  rotateRefreshToken: true,
   issueRefreshToken(_ctx, client, source) {
     return client.grantTypeAllowed('refresh_token')
       && (source.scopes.has('offline_access') || [...source.scopes].some((s) => MATRIX_API_SCOPE.has(s)));
@@ -121,6 +129,7 @@ const configuration = {
   },
   features: {
     devInteractions: { enabled: true },
+    backchannelLogout: { enabled: true },
     registration: { enabled: true, initialAccessToken: false },
     introspection: {
       enabled: true,
@@ -139,7 +148,7 @@ const configuration = {
       useGrantedResource: () => true,
       getResourceServerInfo(ctx, resourceIndicator) {
         if (resourceIndicator !== MATRIX_RESOURCE) {
-          throw new Provider.errors.InvalidTarget();
+          throw new oidcErrors.InvalidTarget();
         }
         const scope = [...new Set([...API_SCOPES, ...dynamicScopes(ctx)])].join(' ');
         return {
@@ -165,6 +174,53 @@ const configuration = {
 };
 
 const provider = new Provider(issuer, configuration);
+
+// Resource owner password credentials (RFC 6749 §4.3), for the bridge's opt-in password login.
+// The grant, access token and refresh token are made as oidc-provider makes them for a code,
+// so that introspection, revocation and the refresh grant treat them alike.
+provider.registerGrantType('password', async (ctx) => {
+  const { client, params } = ctx.oidc;
+  const { InvalidGrant, InvalidRequest } = oidcErrors;
+  if (!params.username || !params.password) {
+    throw new InvalidRequest('username and password are required');
+  }
+  if (params.password !== `password-of-${params.username}`) {
+    throw new InvalidGrant('invalid credentials');
+  }
+  const accountId = params.username;
+  const requested = new Set((params.scope || '').split(' ').filter(Boolean));
+  const info = configuration.features.resourceIndicators.getResourceServerInfo(ctx, MATRIX_RESOURCE);
+  const resourceServer = new provider.ResourceServer(MATRIX_RESOURCE, info);
+  const apiScope = [...requested].filter((s) => resourceServer.scopes.has(s)).join(' ');
+  const grant = new provider.Grant({ accountId, clientId: client.clientId });
+  grant.addOIDCScope([...requested].filter((s) => s === 'openid').join(' '));
+  grant.addResourceScope(MATRIX_RESOURCE, apiScope);
+  const grantId = await grant.save();
+
+  const at = new provider.AccessToken({
+    accountId, client, grantId, gty: 'password', scope: apiScope,
+  });
+  at.resourceServer = resourceServer;
+  const accessToken = await at.save();
+  const rt = new provider.RefreshToken({
+    accountId,
+    client,
+    grantId,
+    gty: 'password',
+    resource: MATRIX_RESOURCE,
+    rotations: 0,
+    scope: ['openid', ...apiScope.split(' ')].join(' '),
+    expiresWithSession: false,
+  });
+  const refreshToken = await rt.save();
+  ctx.body = {
+    access_token: accessToken,
+    expires_in: at.expiration,
+    refresh_token: refreshToken,
+    scope: apiScope,
+    token_type: 'Bearer',
+  };
+}, new Set(['username', 'password', 'scope']));
 
 provider.use(async (ctx, next) => {
   if (ctx.path === '/_test/counters' && ctx.method === 'GET') {
@@ -198,6 +254,10 @@ provider.use(async (ctx, next) => {
   if (ctx.method === 'POST' && ctx.path === ROUTES.revocation) counters.revocation += 1;
   await next();
 });
+
+provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+provider.on('grant.error', (_ctx, err) => console.error('grant.error', err.message));
+provider.on('backchannel.error', (_ctx, err) => console.error('backchannel.error', err.message));
 
 const server = http.createServer(provider.callback());
 server.keepAliveTimeout = 5000;
