@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
@@ -19,13 +19,14 @@ from aiohttp import web
 
 from bridge.app import create_app
 from bridge.config import AppserviceConfig, Strategy, parse_config
-from tests.integration.conftest import BridgeClient, HomeserverKind, auth
+from tests.fakes import BridgeClient
 from tests.support.issuer import TestIssuer
 from tests.support.net import free_port
 from tests.support.sso import LoginClient, login_section, register_login_client
 from tests.support.stack import SERVER_NAME, bridge_config_document, store_section
 
 V3 = "/_matrix/client/v3"
+HomeserverKind = Literal["synapse", "dendrite"]
 CLIENT_URL = "http://127.0.0.1:9/client"
 
 
@@ -49,7 +50,7 @@ class LoginStack:
         """The user's devices, asked of the homeserver directly (as the appservice)."""
         async with http.get(
             f"{self.homeserver_url}{V3}/devices?user_id={quote(user_id)}",
-            headers=auth(self.appservice.as_token),
+            headers={"Authorization": f"Bearer {self.appservice.as_token}"},
         ) as resp:
             body = await resp.json()
             assert resp.status == 200, body

@@ -25,7 +25,6 @@ from tests.integration.login_stack import (
     V3,
     LoginStack,
     MakeLoginBridge,
-    make_login_bridge,  # noqa: F401 - a fixture
 )
 from tests.support.issuer import TestIssuer
 from tests.support.sso import CALLBACK, HttpBrowser, issuer_metadata
@@ -85,12 +84,13 @@ async def test_sso_login_then_token_login_works_as_the_new_device(
     assert answer["refresh_token"]
     assert 0 < answer["expires_in_ms"] <= 3600 * 1000
     device_id = answer["device_id"]
-    assert len(device_id) == 10 and device_id.isupper()
+    assert len(device_id) == 10
+    assert device_id.isupper()
 
     status, me = await whoami(stack, answer["access_token"])
     assert status == 200, me
     assert me["user_id"] == stack.user_id(alice)
-    if not (kind == "dendrite"):
+    if kind != "dendrite":
         assert me["device_id"] == device_id
     assert device_id in await stack.devices(http, stack.user_id(alice))
     # The device was made at login, named as the client asked.
@@ -217,9 +217,9 @@ async def test_a_login_token_is_used_once(
     refused = first if first[0] == 403 else second
     assert refused[1] == {"errcode": "M_FORBIDDEN", "error": "Invalid login token"}
     assert "access_token" not in refused[1]
-    status, answer = await stack.token_login(login_token)
+    status, _answer = await stack.token_login(login_token)
     assert status == 403
-    status, answer = await stack.token_login("made-up-token")
+    status, _answer = await stack.token_login("made-up-token")
     assert status == 403
 
 

@@ -128,7 +128,9 @@ class HttpBrowser:
                     return url
                 continue
             action, prompt = _FORM_ACTION.search(page.text), _FORM_PROMPT.search(page.text)
-            assert page.status == 200 and action and prompt, f"{page.status} {page.text[:500]}"
+            assert page.status == 200, f"{page.status} {page.text[:500]}"
+            assert action, page.text[:500]
+            assert prompt, page.text[:500]
             url, method = urljoin(url, html.unescape(action.group(1))), "POST"
             if prompt.group(1) == "login":
                 data = {"prompt": "login", "login": username, "password": "any password"}
