@@ -45,6 +45,14 @@ postgres-server:
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
 
+# systemd-analyze, which scores the units' hardening (tests/test_systemd_units.py):
+# Debian's systemd package, installed only when missing.
+.PHONY: systemd-tools
+install: systemd-tools
+systemd-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd; }
+
 # pytest's own exit code is kept in .pytest-exit-code: make reports every
 # failure as 2, and CI passes pytest's code on (.ci/run).
 test: install

@@ -1,36 +1,40 @@
-"""Command line: serve, check-config, generate-registration, probe, rotate-key."""
+"""Command line: serve, check-config, config-schema, generate-registration, probe,
+rotate-key, doctor."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import functools
+import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 import yaml
-from aiohttp import web
 
-from bridge.accesslog import AccessLogger
+from bridge import logs, serve
 from bridge.app import create_app
-from bridge.config import BridgeConfig, load_config
+from bridge.config import BridgeConfig, json_schema, load_config
+from bridge.doctor import doctor_cli
 from bridge.errors import ConfigError
 from bridge.homeserver.probe import ProbeFailed, probe
 from bridge.homeserver.registration import registration
+from bridge.metrics import MULTIPROC_ENV, mark_process_dead
 from bridge.store import open_store
+from bridge.systemd import Notifier, without_notify_socket
 from bridge.workers import Supervisor, reuseport_sockets, worker_channel
 
 log = logging.getLogger("bridge")
 
 # systemd's RestartPreventExitStatus= can name it: a config error will not fix itself.
 EXIT_CONFIG = 11
-# Seconds a stopping process waits for requests in flight (aiohttp's graceful shutdown).
-SHUTDOWN_TIMEOUT = 10.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,11 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("serve", "run the bridge"),
         ("check-config", "validate the configuration file and exit"),
+        ("config-schema", "print the JSON Schema of the configuration file"),
         ("generate-registration", "write the appservice registration for the homeserver"),
         ("probe", "ask the homeserver which identity strategies work with it"),
         ("rotate-key", "re-encrypt the store with the first of store.encryption_keys"),
+        ("doctor", "check the set-up step by step and say what to fix"),
     ):
         command = commands.add_parser(name, help=help_text)
+        if name == "config-schema":
+            continue
         command.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
         if name == "serve":
             # Internal: how the main process starts a worker (listen.workers > 1),
@@ -56,65 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _logging(*, with_pid: bool = False) -> None:
-    # With several processes, each line says which one wrote it.
-    pid = " [%(process)d]" if with_pid else ""
-    logging.basicConfig(
-        level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s %(levelname)s{pid} %(name)s %(message)s",
-    )
-    AccessLogger.with_pid = with_pid  # its lines are formatted alike, by itself
-
-
-def _run_app(
-    app: web.Application,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    sock: list[socket.socket] | None = None,
-) -> None:
-    # Fewer collections of the young generation: a forwarded request allocates a
-    # few hundred objects, nearly all freed by reference counting. Measured in bench/.
-    gc.set_threshold(100_000, 50, 100)
-    app.on_startup.append(_freeze_startup_objects)
-    web.run_app(
-        app,
-        loop=_event_loop(),
-        host=host,
-        port=port,
-        sock=sock,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("bridge.access"),
-        print=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        # A client that goes away cancels its handler, and so its upstream request.
-        handler_cancellation=True,
-    )
-
-
-async def _freeze_startup_objects(_app: web.Application) -> None:
-    """What start-up made lives as long as the process: never scanned again."""
-    gc.collect()
-    gc.freeze()
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's when it is installed (the ``fast`` extra): it forwards faster."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def _serve(config: BridgeConfig) -> None:
+def _serve(config_path: Path, config: BridgeConfig) -> None:
     """One process (``listen.workers: 1``)."""
-    _logging()
-    # MAS's provisioning API on a listener of its own, when configured (the routes
-    # answer there only: bridge.routes.mas_api.on_its_listener).
-    extra = config.issuer.provisioning_listen
-    sockets = [socket.create_server((extra.host, extra.port))] if extra else None
-    _run_app(create_app(config), host=config.listen.host, port=config.listen.port, sock=sockets)
+    logs.configure(config.logging)
+    serve.run(create_app(config), config_path=config_path, configure_logging=logs.configure)
 
 
 def _supervise(config_path: Path, config: BridgeConfig) -> int:
@@ -123,27 +76,54 @@ def _supervise(config_path: Path, config: BridgeConfig) -> int:
         raise ConfigError(
             "listen.port", "must not be 0 with listen.workers above 1 (one port for all)"
         )
+    if config.ops.enabled and config.ops.port == 0:
+        raise ConfigError(
+            "ops.port", "must not be 0 with listen.workers above 1 (one port for all)"
+        )
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("listen.workers", "must be 1: this system has no SO_REUSEPORT")
-    _logging(with_pid=True)
+    logs.configure(config.logging, with_pid=True)
     command = [sys.executable, "-m", "bridge", "serve"]
     command += ["-c", os.path.abspath(config_path), "--worker"]
-    supervisor = Supervisor(
-        command,
-        config.listen.workers,
-        # The workers' own drain, and a little time for their cleanup.
-        stop_timeout=SHUTDOWN_TIMEOUT + 5.0,
-        config_error_code=EXIT_CONFIG,
-    )
-    return supervisor.run()
+    # prometheus-client's multiprocess mode: every worker writes its metrics into one
+    # private directory, and /metrics on any of them serves the sum.
+    metrics_dir = tempfile.mkdtemp(prefix="matrix-oidc-bridge-metrics-")
+    log.info("the workers' metrics in %s (prometheus-client's multiprocess mode)", metrics_dir)
+    try:
+        supervisor = Supervisor(
+            command,
+            config.listen.workers,
+            # The workers' own drain, and a little time for their cleanup.
+            stop_timeout=config.listen.grace_period + 5.0,
+            config_error_code=EXIT_CONFIG,
+            env={**without_notify_socket(dict(os.environ)), MULTIPROC_ENV: metrics_dir},
+            notifier=Notifier(),
+            on_exit=mark_process_dead,
+            reconfigure_logging=lambda: _reload_own_logging(config_path),
+        )
+        return supervisor.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _serve_worker(config: BridgeConfig, channel_fd: int) -> int:
+def _reload_own_logging(config_path: Path) -> None:
+    """The main process's own log settings, on SIGHUP (the workers reload themselves)."""
+    try:
+        logs.configure(load_config(config_path).logging, with_pid=True)
+    except ConfigError as e:
+        for line in e.lines():
+            log.error("reload: config error: %s (nothing changed)", line)
+
+
+def _serve_worker(config_path: Path, config: BridgeConfig, channel_fd: int) -> int:
     """A worker: its own application, on sockets shared with the others (SO_REUSEPORT)."""
-    _logging(with_pid=True)
+    configure = functools.partial(logs.configure, with_pid=True)
+    configure(config.logging)
     listeners = [(config.listen.host, config.listen.port)]
     if (extra := config.issuer.provisioning_listen) is not None:
         listeners.append((extra.host, extra.port))
+    if config.ops.enabled:
+        listeners.append((config.ops.host, config.ops.port))
     sockets: list[socket.socket] = []
     for host, port in listeners:
         try:
@@ -153,10 +133,22 @@ def _serve_worker(config: BridgeConfig, channel_fd: int) -> int:
             for sock in sockets:
                 sock.close()
             return 1
+    ops_sockets = [
+        s for s in sockets if config.ops.enabled and s.getsockname()[1] == config.ops.port
+    ]
+    public = [s for s in sockets if s not in ops_sockets]
     app = create_app(config)
     # Last, so that "ready" means every other startup hook has run.
     app.cleanup_ctx.append(worker_channel(channel_fd, sockets))
-    _run_app(app, sock=sockets)
+    serve.run(
+        app,
+        config_path=config_path,
+        configure_logging=configure,
+        sockets=public,
+        ops_sockets=ops_sockets,
+        # The main process speaks to systemd, never a worker.
+        notifier=Notifier(""),
+    )
     return 0
 
 
@@ -201,6 +193,12 @@ async def _rotate_key(config: BridgeConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config-schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.command == "doctor":
+        # The doctor reports a bad config as its first check, and goes no further.
+        return asyncio.run(doctor_cli(args.config))
     try:
         config = load_config(args.config)
         if args.command == "check-config":
@@ -213,13 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "rotate-key":
             return asyncio.run(_rotate_key(config))
         elif args.worker is not None:
-            return _serve_worker(config, args.worker)
+            return _serve_worker(args.config, config, args.worker)
         elif config.listen.workers > 1:
             return _supervise(args.config, config)
         else:
-            _serve(config)
+            _serve(args.config, config)
     except ConfigError as e:
-        print(f"matrix-oidc-bridge: config error: {e}", file=sys.stderr)
+        for line in e.lines():
+            print(f"matrix-oidc-bridge: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except ProbeFailed as e:
         # Transient (the homeserver may be starting): not exit code 11, so

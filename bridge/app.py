@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from bridge import USER_AGENT
 from bridge.auth.cache import CachedAuthenticator
@@ -35,8 +35,11 @@ from bridge.issuer.oauth import OAuthClient
 from bridge.login import backchannel, matrix, sso
 from bridge.login.jwts import JwtChecks, SigningKeySource
 from bridge.login.service import LoginLayer
+from bridge.metrics import Metrics, multiprocess_dir
 from bridge.paths import routing_path
-from bridge.proxy import Forwarder
+from bridge.proxy import LONG_POLL, Forwarder
+from bridge.request_id import HEADER as REQUEST_ID_HEADER
+from bridge.request_id import REQUEST_ID, RequestIDs
 from bridge.routes import client, compat, discovery, mas_api, well_known
 from bridge.routes.cors import add_cors_headers
 from bridge.routes.refused import refuse
@@ -48,13 +51,17 @@ from bridge.state import (
     ISSUER_LIMIT,
     ISSUER_METADATA,
     ISSUER_SESSION,
+    LIVE,
     LOGIN,
     LOGOUT_MOMENTS,
+    METRICS,
     PATH,
     PROVISIONING,
     RESET_APPROVALS,
+    ROUTE_GROUP,
     STORE,
     STRATEGY,
+    LiveSettings,
 )
 from bridge.store import open_store
 
@@ -73,8 +80,9 @@ def _session(**kwargs: object) -> aiohttp.ClientSession:
 async def issuer_client(app: web.Application) -> AsyncIterator[None]:
     """Issuer session, discovery (fetched now, refreshed in the background), token cache."""
     config = app[CONFIG]
+    metrics = app[METRICS]
     async with _session() as session:
-        metadata = IssuerMetadata(session, config.issuer)
+        metadata = IssuerMetadata(session, config.issuer, metrics)
         try:
             await metadata.fetch()
         except IssuerUnavailable as e:
@@ -83,14 +91,36 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         app[ISSUER_SESSION] = session
         limit = app[ISSUER_LIMIT] = InflightLimit(config.issuer.max_inflight)
         verifier = IntrospectionVerifier(
-            Introspector(session, metadata, config.issuer, limit), ClaimRules.from_config(config)
+            Introspector(session, metadata, config.issuer, limit, metrics),
+            ClaimRules.from_config(config),
         )
-        app[AUTHENTICATOR] = CachedAuthenticator(verifier, config.token_cache)
+        app[AUTHENTICATOR] = CachedAuthenticator(verifier, config.token_cache, metrics)
         refresh = asyncio.create_task(metadata.refresh_forever())
         yield
         refresh.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresh
+
+
+# Seconds between samples of the gauges read from live state (cache sizes) with several
+# workers: a scrape reaches one worker, which cannot ask the others.
+SAMPLE_INTERVAL = 1.0
+
+
+async def sample_metrics(app: web.Application) -> AsyncIterator[None]:
+    """With several workers, keep this worker's sampled gauges fresh in the shared files."""
+
+    async def sample_forever() -> None:
+        while True:
+            app[METRICS].sample()
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    task = asyncio.create_task(sample_forever()) if multiprocess_dir() is not None else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def probe_homeserver(app: web.Application) -> AsyncIterator[None]:
@@ -137,7 +167,7 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
         pooled(homeserver.pool_size) as session,
         pooled(homeserver.long_poll_pool_size) as long_poll_session,
     ):
-        appservice = AppserviceClient(session, config)
+        appservice = AppserviceClient(session, config, app[METRICS])
         strategy: IdentityStrategy
         if config.homeserver.strategy == "device_login":
             strategy = DeviceLogin(appservice, app[STORE], config)
@@ -148,7 +178,12 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
             config.appservice.as_token.encode(), b"matrix-oidc-bridge txnId", hashlib.sha256
         ).digest()
         app[FORWARDER] = Forwarder(
-            session, config, strategy, txn_key, long_poll_session=long_poll_session
+            session,
+            config,
+            strategy,
+            txn_key,
+            long_poll_session=long_poll_session,
+            metrics=app[METRICS],
         )
         app[FORWARDER].logged_out = app[LOGOUT_MOMENTS].refuses
         app[STRATEGY] = strategy
@@ -179,16 +214,19 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         return
     store = app[STORE]
     moments = app[LOGOUT_MOMENTS]
+    client_id, client_secret, client_auth = config.login.client(config.issuer.introspection)
     oauth = OAuthClient(
         app[ISSUER_SESSION],
         app[ISSUER_METADATA],
-        config.login,
         app[ISSUER_LIMIT],
-        config.issuer.introspection.timeout,
+        client_id=client_id,
+        client_secret=client_secret,
+        client_auth=client_auth,
+        timeout=config.issuer.introspection.timeout,
     )
     jwts = JwtChecks(
         issuer=config.issuer.issuer,
-        client_id=config.login.client_id,
+        client_id=client_id,
         algorithms=config.login.signing_algorithms,
         keys=signing_keys(app),
     )
@@ -272,10 +310,92 @@ async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def create_app(config: BridgeConfig) -> web.Application:
-    """The client-facing application for ``config``."""
-    app = web.Application(middlewares=[front])
+# Route name prefix → route group (bridge.metrics.ROUTE_GROUPS); forwarded routes
+# are named forward:<group>.
+_GROUP_OF_PREFIX = {
+    "well_known": "well_known",
+    "discovery": "discovery",
+    "compat": "compat",
+    "login": "login",
+    "mas": "provisioning",
+}
+
+
+def route_group(name: str | None) -> str:
+    """The route group of a route name (``other`` for an unnamed or unknown one)."""
+    prefix, _, rest = (name or "").partition(":")
+    if prefix == "forward":
+        return rest if rest in ("client", "media", "admin") else "other"
+    return _GROUP_OF_PREFIX.get(prefix, "other")
+
+
+def front_middleware(metrics: Metrics, ids: RequestIDs) -> Middleware:
+    """The one middleware (each layer costs); see :func:`front`'s steps."""
+    groups: dict[str | None, str] = {}
+    in_flight, request_done = metrics.in_flight, metrics.request_done
+    clock = time.perf_counter
+
+    @web.middleware
+    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request's concerns, in order, in one layer:
+
+        0. its request ID (kept from the client when well-formed), its route group,
+           and the request metrics around everything below;
+        1. the one routing path (:mod:`bridge.paths`), refusing any path a homeserver
+           could read differently; every decision below is taken on it;
+        2. CORS preflight: 204, without a token or the homeserver;
+        3. closed doors, appservice-only endpoints, the admin allow-list
+           (:mod:`bridge.routes.refused`);
+        4. the token, on forwarded routes (:mod:`bridge.auth.middleware`);
+        5. the route's handler;
+
+        and any failure as Matrix JSON (:func:`bridge.errors.error_response`); every
+        answer with CORS headers (:mod:`bridge.routes.cors`) and its request ID, set
+        here rather than by an ``on_response_prepare`` signal, whose dispatch costs
+        more than the headers.
+        """
+        start = clock()
+        request_id = request[REQUEST_ID] = ids.for_request(request.headers.get(REQUEST_ID_HEADER))
+        name = request.match_info.route.name
+        group = groups.get(name)
+        if group is None:
+            group = groups[name] = route_group(name)
+        request[ROUTE_GROUP] = group
+        status = 499  # a client that went away (cancelled) unless answered
+        in_flight.inc()
+        try:
+            try:
+                path = request[PATH] = routing_path(request.raw_path)
+                if group == "client" and LONG_POLL.match(path):
+                    group = request[ROUTE_GROUP] = "sync"
+                if request.method == "OPTIONS":
+                    response: web.StreamResponse = web.Response(status=204)
+                else:
+                    await refuse(request, path)
+                    await authenticate(request)
+                    response = await handler(request)
+            except Exception as e:
+                response = error_response(request, e)
+            if not response.prepared:  # a streamed answer got them before it was
+                add_cors_headers(response.headers)
+                response.headers[REQUEST_ID_HEADER] = request_id
+            status = response.status
+            return response
+        finally:
+            in_flight.dec()
+            request_done(group, request.method, status, clock() - start)
+
+    return front
+
+
+def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Application:
+    """The client-facing application for ``config`` (``metrics``: a fresh set unless
+    given)."""
+    metrics = metrics if metrics is not None else Metrics()
+    app = web.Application(middlewares=[front_middleware(metrics, RequestIDs())])
     app[CONFIG] = config
+    app[METRICS] = metrics
+    app[LIVE] = LiveSettings.from_config(config)
     app[RESET_APPROVALS] = CrossSigningResetApprovals()
     app[LOGOUT_MOMENTS] = LogoutMoments(
         on_logout=lambda user_id, device_id: _drop_cached_sessions(app, user_id, device_id)
@@ -285,6 +405,7 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(homeserver_client)
     app.cleanup_ctx.append(login_layer)
+    app.cleanup_ctx.append(sample_metrics)
     well_known.add_routes(app)
     discovery.add_routes(app)
     if config.issuer.kind == "mas":

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
@@ -35,12 +35,18 @@ class BridgeError(Exception):
 
 
 class ConfigError(BridgeError):
-    """The configuration file is wrong at ``key``."""
+    """The configuration file is wrong at ``key`` (the first problem), and maybe at more
+    keys (``more``: further (key, problem) pairs). ``lines()`` says each on a line."""
 
-    def __init__(self, key: str, problem: str) -> None:
+    def __init__(self, key: str, problem: str, *, more: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+        self.problems: list[tuple[str, str]] = [(key, problem), *more]
+
+    def lines(self) -> list[str]:
+        """One ``key: problem`` line per problem."""
+        return [f"{key}: {problem}" for key, problem in self.problems]
 
 
 class MatrixError(BridgeError):
@@ -48,6 +54,8 @@ class MatrixError(BridgeError):
 
     status: int = 500
     errcode: str = "M_UNKNOWN"
+    # Why a token was refused, in the metrics' words (bridge.metrics.VALIDATION_OUTCOMES).
+    outcome: str = ""
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from email.message import EmailMessage
 from typing import Any
@@ -53,7 +54,10 @@ from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError, Unknow
 from bridge.headers import HOP_BY_HOP, upstream_headers
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
+from bridge.metrics import Metrics
 from bridge.paths import CLIENT
+from bridge.request_id import HEADER as REQUEST_ID_HEADER
+from bridge.request_id import REQUEST_ID
 from bridge.routes.cors import add_cors_headers
 
 log = logging.getLogger("bridge.proxy")
@@ -82,7 +86,7 @@ _TXN_PATH = re.compile(
 )
 _CHUNK = 64 * 1024
 # Long polls: they wait for their ``timeout`` parameter (milliseconds).
-_LONG_POLL = re.compile(rf"^{CLIENT}/(?:sync|events)$")
+LONG_POLL = re.compile(rf"^{CLIENT}/(?:sync|events)$")
 _LONG_POLL_MAX_WAIT = 3600.0
 # Media bytes never carry a transaction ID: passed through as they come.
 _MEDIA = re.compile(r"^/_matrix/(?:media/|client/v1/media/)")
@@ -171,12 +175,21 @@ class Forwarder:
         txn_key: bytes,
         *,
         long_poll_session: aiohttp.ClientSession | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         homeserver = config.homeserver
         # Whether an identity's token has been logged out since it was checked
         # (bridge.auth.not_before): asked before healing, so that a request that
         # was in flight during a logout cannot provision the device again.
         self.logged_out: Callable[[Identity], bool] = lambda _identity: False
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._duration = self._metrics.homeserver_call_duration["forward"]
+        self._long_poll_duration = self._metrics.homeserver_call_duration["long_poll"]
+        self._errors = {
+            kind: counter
+            for (call, kind), counter in self._metrics.homeserver_error.items()
+            if call == "forward"
+        }
         self._session = session
         self._long_poll_session = long_poll_session or session
         self._base = homeserver.url
@@ -272,6 +285,7 @@ class Forwarder:
                 body=body,
                 params=params,
                 client_timeout=self._timeout,
+                metrics=self._metrics,
             )
             if attempt == 0 and lost_identity(status, answer):
                 self._refuse_if_logged_out(identity)
@@ -368,7 +382,7 @@ class Forwarder:
 
     def _route(self, request: web.Request) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
         """The pool and the read timeout: a long poll waits for its own ``timeout``."""
-        if request.method in ("GET", "POST") and _LONG_POLL.match(request.rel_url.raw_path):
+        if request.method in ("GET", "POST") and LONG_POLL.match(request.rel_url.raw_path):
             wait = _milliseconds(request.rel_url.query.get("timeout"))
             timeout = self._timeout
             if wait is not None:
@@ -394,13 +408,17 @@ class Forwarder:
         if body is None and request.body_exists:
             data = _LimitedBody(request.content, self._max_body)
         headers = self.upstream_headers(request, authorization)
+        request_id = request.get(REQUEST_ID)
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
         if not compressed:
             headers.popall("Accept-Encoding", None)
         if body is not None:
             headers["Content-Length"] = str(len(body))
         session, timeout = self._route(request)
+        started = time.perf_counter()
         try:
-            return await session.request(
+            upstream = await session.request(
                 request.method,
                 self.upstream_url(request, identity, params, appservice=appservice),
                 headers=headers,
@@ -409,12 +427,23 @@ class Forwarder:
                 timeout=timeout,
             )
         except TimeoutError as e:
+            self._errors["timeout"].inc()
             raise HomeserverUnavailable("The homeserver did not answer in time", status=504) from e
         except (aiohttp.ClientError, RequestTooLarge) as e:
             if isinstance(data, _LimitedBody) and data.exceeded:
                 raise RequestTooLarge() from None
+            self._errors["refused"].inc()
             log.warning("homeserver request failed: %s", type(e).__name__)
             raise HomeserverUnavailable("The homeserver is unreachable") from e
+        finally:
+            waited = time.perf_counter() - started
+            if session is self._session:
+                self._duration.observe(waited)
+            else:
+                self._long_poll_duration.observe(waited)
+        if upstream.status >= 500:
+            self._errors["5xx"].inc()
+        return upstream
 
     async def _rewrite_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, rewrite: RewriteJSON
@@ -624,6 +653,9 @@ async def stream_back(
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_response_headers(upstream.headers))
         add_cors_headers(response.headers)
+        request_id = request.get(REQUEST_ID)
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
         if tag is not None:
             response.headers.popall("Content-Length", None)
             if _accepts_compression(request):

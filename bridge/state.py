@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aiohttp
 from aiohttp import web
 
@@ -9,17 +11,34 @@ from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import Identity
 from bridge.auth.not_before import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, WellKnownConfig
 from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.login.service import LoginLayer
+from bridge.metrics import Metrics
 from bridge.proxy import Forwarder
 from bridge.store import Store
 
+
+@dataclass
+class LiveSettings:
+    """The settings a reload (SIGHUP, :mod:`bridge.reload`) may change while serving,
+    read by the handlers on each request (``app[CONFIG]`` stays as started)."""
+
+    well_known: WellKnownConfig
+    admin_api_allowlist: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: BridgeConfig) -> LiveSettings:
+        return cls(config.well_known, config.homeserver.admin_api_allowlist)
+
+
 CONFIG = web.AppKey("config", BridgeConfig)
+LIVE = web.AppKey("live", LiveSettings)
+METRICS = web.AppKey("metrics", Metrics)
 ISSUER_METADATA = web.AppKey("issuer_metadata", IssuerMetadata)
 AUTHENTICATOR = web.AppKey("authenticator", CachedAuthenticator)
 FORWARDER = web.AppKey("forwarder", Forwarder)
@@ -40,6 +59,8 @@ LOGIN = web.AppKey("login", LoginLayer)
 
 # The routing path (bridge.paths.routing_path), set by the first routing middleware.
 PATH: web.RequestKey[str] = web.RequestKey("path")
+# The route group of the request (bridge.metrics.ROUTE_GROUPS), set by the front middleware.
+ROUTE_GROUP: web.RequestKey[str] = web.RequestKey("route_group")
 # Set by the auth middleware on every forwarded route: None for an anonymous
 # request to a public endpoint.
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")

@@ -27,7 +27,15 @@ The main process:
 - passes SIGTERM and SIGINT on to every worker, which drains (aiohttp's
   graceful shutdown), waits for them and exits with 0; a worker still running
   ``stop_timeout`` seconds later is killed (exit code 1). A second signal is
-  passed on too, and cuts the drain short, as it does for a single process.
+  passed on too, and cuts the drain short, as it does for a single process;
+- passes SIGHUP on to every worker, each of which reloads its configuration
+  (:mod:`bridge.reload`), and reloads its own log settings;
+- alone speaks to systemd (the workers' environment has no ``NOTIFY_SOCKET``):
+  ``READY=1`` once every worker is first ready, ``RELOADING=1``/``READY=1``
+  around passing SIGHUP on, ``STOPPING=1``, and the watchdog's pings;
+- gives the workers one private ``PROMETHEUS_MULTIPROC_DIR`` (``env``) and
+  calls ``on_exit`` with the pid of each worker that exits (its live gauges
+  leave the sum).
 
 Workers run in process groups of their own, so a terminal's Ctrl-C reaches the
 main process only and every worker gets exactly one signal.
@@ -41,10 +49,12 @@ import logging
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+
+from bridge.systemd import Notifier, watchdog_pings
 
 log = logging.getLogger("bridge.workers")
 
@@ -170,8 +180,17 @@ class Supervisor:
         stop_timeout: float,
         config_error_code: int,
         start_timeout: float = START_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        notifier: Notifier | None = None,
+        on_exit: Callable[[int], None] = lambda _pid: None,
+        reconfigure_logging: Callable[[], None] = lambda: None,
     ) -> None:
         self._command = list(command)
+        self._env = dict(env) if env is not None else None
+        self._notifier = notifier or Notifier("")
+        self._on_exit = on_exit
+        self._reconfigure_logging = reconfigure_logging
+        self._ready_once: set[int] = set()
         self._start_timeout = start_timeout
         self._slots = [_Slot(number) for number in range(1, count + 1)]
         self._stop_timeout = stop_timeout
@@ -189,9 +208,12 @@ class Supervisor:
         stopping = self._stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         log.info("starting %d workers", len(self._slots))
         tasks = [asyncio.create_task(self._keep(slot)) for slot in self._slots]
-        await stopping.wait()
+        async with watchdog_pings(self._notifier):
+            await stopping.wait()
+        self._notifier.stopping()
         _, late = await asyncio.wait(tasks, timeout=self._stop_timeout)
         if late:
             for slot in self._slots:
@@ -217,6 +239,15 @@ class Supervisor:
         for slot in self._slots:
             if slot.process is not None:
                 self._send(slot.process, sig)
+
+    def _on_reload(self) -> None:
+        log.info("SIGHUP: the workers reload their configuration")
+        self._notifier.reloading()
+        self._reconfigure_logging()
+        for slot in self._slots:
+            if slot.process is not None:
+                self._send(slot.process, signal.SIGHUP)
+        self._notifier.ready()
 
     def _stop(self, sig: signal.Signals, exit_code: int) -> None:
         """Start stopping (once), with ``exit_code`` for the main process."""
@@ -304,6 +335,7 @@ class Supervisor:
                     stdin=subprocess.DEVNULL,
                     # Signals come from the main process only, once.
                     process_group=0,
+                    env=self._env,
                 )
             finally:
                 child.close()
@@ -324,8 +356,12 @@ class Supervisor:
                 ready = False
             if ready:
                 log.info("worker %d (pid %d) ready", slot.number, process.pid)
+                self._ready_once.add(slot.number)
+                if len(self._ready_once) == len(self._slots) and self._stop_signal is None:
+                    self._notifier.ready()
             code = await process.wait()
             slot.process = None
+            self._on_exit(process.pid)
         return process.pid, ready, code
 
     @staticmethod

@@ -336,6 +336,9 @@ def bridge_document(
         # The fake homeserver speaks the masquerade dialect and cannot be probed.
         "homeserver": {"url": homeserver_url, "strategy": "masquerade", "probe_at_start": False},
         "appservice": {"as_token": AS_TOKEN, "hs_token": HS_TOKEN},
+        # A served bridge (``serve``) would bind 127.0.0.1:8010: tests that serve it
+        # give it a free port.
+        "ops": {"enabled": False},
         "issuer": {
             "issuer": issuer_url,
             "introspection": {

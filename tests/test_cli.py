@@ -226,8 +226,42 @@ def _store_config(tmp_path: Path, db: Path, key: str) -> Path:
             "probe_at_start": False,
         },
         "listen": {"host": "127.0.0.1", "port": 0},
+        "ops": {"enabled": False},
         "store": {"path": str(db), "encryption_keys": [key]},
     }
     path = tmp_path / f"serve-{key[:6]}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        # a misspelt key: unknown, with the closest name (not "url is required")
+        (
+            {"homeserver": {"urll": "http://127.0.0.1:8008", "strategy": "masquerade"}},
+            "homeserver.urll: is not a known setting (did you mean url?)",
+        ),
+        # a wrong type
+        ({"listen": {"port": "8008"}}, "listen.port: must be an integer"),
+        # a missing required key
+        (
+            {"issuer": {"issuer": "https://auth.example.org/"}},
+            "issuer.introspection: is required",
+        ),
+        # a bad secret file
+        (
+            {"appservice": {"as_token_file": "/nonexistent/as_token", "hs_token": "h"}},
+            "appservice.as_token_file: cannot read /nonexistent/as_token: "
+            "No such file or directory",
+        ),
+    ],
+)
+def test_each_config_mistake_is_one_line_naming_the_key_and_exit_11(
+    tmp_path: Path, change: dict[str, Any], line: str
+) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, **change}))
+    result = bridge_cli("check-config", "-c", str(path))
+    assert result.returncode == 11
+    assert result.stderr.splitlines() == [f"matrix-oidc-bridge: config error: {line}"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.config import BridgeConfig, load_config, parse_config
 from bridge.errors import ConfigError
@@ -68,8 +68,10 @@ def test_minimal_document() -> None:
 
 def test_config_is_frozen() -> None:
     config = parse_config(minimal())
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.server_name = "evil.org"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        config.homeserver.url = "http://evil.org"  # type: ignore[misc]
 
 
 def test_mas_shared_secret_needs_no_client_id() -> None:
@@ -102,14 +104,58 @@ def test_missing_key_is_named(key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "key",
-    ["servername", "homeserver.urll", "issuer.introspection.clientid", "token_cache.maxttl"],
+    ("key", "closest"),
+    [
+        ("servername", "server_name"),
+        ("homeserver.urll", "url"),
+        ("issuer.introspection.clientid", "client_id"),
+        ("token_cache.maxttl", "max_ttl"),
+        ("logging.levle", "level"),
+    ],
 )
-def test_unknown_key_is_named(key: str) -> None:
+def test_unknown_key_is_named_with_the_closest_valid_name(key: str, closest: str) -> None:
     error = config_error(with_value(key, "x"))
     assert error.key == key
-    assert error.problem == "is not a known setting"
-    assert str(error) == f"{key}: is not a known setting"
+    assert error.problem == f"is not a known setting (did you mean {closest}?)"
+    assert str(error) == f"{key}: is not a known setting (did you mean {closest}?)"
+
+
+def test_unknown_key_unlike_any_setting() -> None:
+    error = config_error(with_value("homeserver.colour", "blue"))
+    assert error.lines() == ["homeserver.colour: is not a known setting"]
+
+
+@pytest.mark.parametrize(
+    ("key", "misspelt"),
+    [
+        ("homeserver.url", "homeserver.urll"),
+        ("server_name", "server_nmae"),
+        ("issuer.introspection.client_secret", "issuer.introspection.client_secert"),
+    ],
+)
+def test_a_misspelt_required_key_is_unknown_not_missing(key: str, misspelt: str) -> None:
+    """One mistake, one line: not "url is required" beside "urll is not known"."""
+    doc = without(key)
+    *parents, last = misspelt.split(".")
+    section = doc
+    for name in parents:
+        section = section[name]
+    section[last] = "value"
+    error = config_error(doc)
+    closest = key.rsplit(".", 1)[-1]
+    assert error.lines() == [f"{misspelt}: is not a known setting (did you mean {closest}?)"]
+
+
+def test_every_problem_is_one_line_naming_its_key() -> None:
+    doc = with_value("listen.port", "8008")
+    doc["token_cache"] = {"max_ttl": "5m", "max_sise": 3}
+    doc["homeserver"]["strategy"] = "impersonate"
+    assert config_error(doc).lines() == [
+        "homeserver.strategy: must be one of device_login, masquerade",
+        "listen.port: must be an integer",
+        "token_cache.max_ttl: must be a number",
+        "token_cache.max_sise: is not a known setting (did you mean max_size?)",
+    ]
 
 
 @pytest.mark.parametrize("raw", [None, [], "server_name: x"])
@@ -145,14 +191,18 @@ def test_bad_url(key: str, url: str) -> None:
         ("server_name", "exa mple.org", "not a valid Matrix server name"),
         ("server_name", 42, "non-empty string"),
         ("listen.port", "8008", "must be an integer"),
-        ("listen.port", 70000, "between 0 and 65535"),
+        ("listen.port", 70000, "must be at most 65535"),
+        ("listen.port", -1, "must be at least 0"),
+        ("listen.grace_period", float("inf"), "must be a finite number"),
         ("listen.port", True, "must be an integer"),
         ("token_cache.max_ttl", "5m", "must be a number"),
         ("token_cache.max_ttl", 0.5, "at least 1"),
         ("token_cache.negative_ttl", -1, "at least 0"),
         ("homeserver.strategy", "impersonate", "must be one of device_login, masquerade"),
         ("homeserver.probe_at_start", "yes", "must be true or false"),
-        ("homeserver.admin_api_allowlist", "/_synapse/admin/v1", "list of non-empty strings"),
+        ("homeserver.admin_api_allowlist", "/_synapse/admin/v1", "must be a list"),
+        ("logging.format", "xml", "must be one of plain, json"),
+        ("ops.enabled", "no", "must be true or false"),
         ("homeserver.admin_api_allowlist", ["/admin/v1"], "must start with /_synapse/admin/"),
         ("appservice.sender_localpart", "Bridge", "must match"),
         ("appservice.as_token", 12345, "non-empty string"),

@@ -16,14 +16,21 @@ once, not when its entry expires (:meth:`CachedAuthenticator.forget_device`,
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from cachetools import TLRUCache, TTLCache
 
 from bridge.auth.identity import Identity
 from bridge.auth.verifier import TokenVerifier, Verdict
 from bridge.config import TokenCacheConfig
+from bridge.errors import IssuerUnavailable
+from bridge.metrics import Metrics
 from bridge.singleflight import SingleFlight
+
+log = logging.getLogger("bridge.auth")
 
 
 def token_key(token: str) -> bytes:
@@ -35,20 +42,40 @@ def _deadline(_key: bytes, entry: tuple[Verdict, float], _now: float) -> float:
     return entry[1]
 
 
+class _Sessions(TLRUCache[bytes, tuple[Verdict, float]]):
+    """The positive cache; counts the live sessions it pushes out when full (its
+    ``popitem``; expiry goes through ``expire``, which is not an eviction)."""
+
+    on_evict: Callable[[], Any] = staticmethod(lambda: None)
+
+    def popitem(self) -> tuple[bytes, tuple[Verdict, float]]:
+        item = super().popitem()
+        self.on_evict()
+        return item
+
+
 class CachedAuthenticator:
     """Token → :class:`Identity`, through a bounded TTL cache and single-flight."""
 
-    def __init__(self, verifier: TokenVerifier, config: TokenCacheConfig) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, config: TokenCacheConfig, metrics: Metrics | None = None
+    ) -> None:
         self._verifier = verifier
-        self._config = config
-        self._cache: TLRUCache[bytes, tuple[Verdict, float]] = TLRUCache(
-            maxsize=config.max_size, ttu=_deadline, timer=time.monotonic
-        )
-        self._negative: TTLCache[bytes, Verdict] = TTLCache(
-            maxsize=config.negative_max_size,
-            ttl=config.negative_ttl or 1.0,
-            timer=time.monotonic,
-        )
+        metrics = metrics if metrics is not None else Metrics()
+        self._hit = metrics.cache_lookup["hit"]
+        self._negative_hit = metrics.cache_lookup["negative_hit"]
+        self._miss = metrics.cache_lookup["miss"]
+        self._validations = metrics.validation
+        self._evictions = metrics.token_cache_evictions
+        self._configure(config)
+        entries = metrics.token_cache_entries
+        positive, negative = entries.labels("positive"), entries.labels("negative")
+
+        def sample() -> None:
+            positive.set(len(self._cache))
+            negative.set(len(self._negative))
+
+        metrics.add_sampler(sample)
         self._inflight: SingleFlight[bytes, Verdict] = SingleFlight()
         # user → device → keys of its cached sessions. Entries the cache evicted
         # on its own linger until the index is rebuilt (when it has grown to
@@ -61,6 +88,34 @@ class CachedAuthenticator:
         self.hits = 0
         self.misses = 0
 
+    def _configure(self, config: TokenCacheConfig) -> None:
+        self._config = config
+        self._cache = _Sessions(maxsize=config.max_size, ttu=_deadline, timer=time.monotonic)
+        self._cache.on_evict = self._evictions.inc
+        self._negative: TTLCache[bytes, Verdict] = TTLCache(
+            maxsize=config.negative_max_size,
+            ttl=config.negative_ttl or 1.0,
+            timer=time.monotonic,
+        )
+
+    def reconfigure(self, config: TokenCacheConfig) -> None:
+        """New bounds (a reload): live sessions move to the new cache (as many as fit,
+        the latest first; their deadlines are kept, and cut to the new ``max_ttl``);
+        refused tokens are forgotten (they are asked about again)."""
+        if config == self._config:
+            return
+        old = self._cache
+        self._configure(config)
+        now = time.monotonic()
+        kept = list(old.items())[-config.max_size :]
+        for key, (verdict, deadline) in kept:
+            self._cache[key] = (verdict, min(deadline, now + config.max_ttl))
+        self._reindex()
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self._verifier
+
     def __len__(self) -> int:
         """Live sessions held (negative entries are counted apart)."""
         return len(self._cache)
@@ -71,12 +126,16 @@ class CachedAuthenticator:
         entry = self._cache.get(key)
         if entry is not None:
             self.hits += 1
+            self._hit.inc()
             return entry[0].identity_or_raise()
         refused = self._negative.get(key)
         if refused is not None:
             self.hits += 1
+            self._negative_hit.inc()
             return refused.identity_or_raise()
         self.misses += 1
+        self._miss.inc()
+        log.debug("token cache miss: asking the issuer")
         verdict = await self._inflight.run(key, lambda: self._verify_and_keep(key, token))
         return verdict.identity_or_raise()
 
@@ -124,7 +183,15 @@ class CachedAuthenticator:
 
     async def _verify_and_keep(self, key: bytes, token: str) -> Verdict:
         generation = self._generation
-        verdict = await self._verifier.verify(token)
+        try:
+            verdict = await self._verifier.verify(token)
+        except IssuerUnavailable:
+            self._validations["issuer_unavailable"].inc()
+            raise
+        log.debug("token judged by the issuer: %s", verdict.outcome)
+        counter = self._validations.get(verdict.outcome)
+        if counter is not None:
+            counter.inc()
         if verdict.identity is None:
             if self._config.negative_ttl > 0:
                 self._negative[key] = verdict

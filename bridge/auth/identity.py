@@ -43,6 +43,13 @@ class Identity:
     issued_at: float | None = field(default=None, compare=False)
 
 
+def _refused(outcome: str, message: str) -> UnknownToken:
+    """An UnknownToken naming its ``outcome`` (bridge.metrics.VALIDATION_OUTCOMES)."""
+    error = UnknownToken(message)
+    error.outcome = outcome
+    return error
+
+
 def device_scope(device_id: str, *, unstable: bool = False) -> str:
     """The scope that names ``device_id`` (stable prefix unless ``unstable``)."""
     return DEVICE_SCOPE_PREFIXES[1 if unstable else 0] + device_id
@@ -66,7 +73,7 @@ def identity_from_claims(
     scope = claims.get("scope")
     scopes = set(scope.split()) if isinstance(scope, str) else set()
     if not scopes & API_SCOPES:
-        raise UnknownToken("Token does not grant access to the Matrix client API")
+        raise _refused("missing_scope", "Token does not grant access to the Matrix client API")
 
     claimed_device = claims.get("device_id")
     if isinstance(claimed_device, str) and claimed_device:
@@ -79,19 +86,21 @@ def identity_from_claims(
             if s.startswith(prefix)
         }
         if len(devices) != 1:
-            raise UnknownToken("Token must name exactly one device in its scope")
+            raise _refused("bad_device", "Token must name exactly one device in its scope")
         (device,) = devices
     if not _DEVICE_ID.fullmatch(device):
-        raise UnknownToken("Token names an invalid device ID")
+        raise _refused("bad_device", "Token names an invalid device ID")
 
     localpart = claims.get(localpart_claim)
     if not isinstance(localpart, str) or not _LOCALPART.fullmatch(localpart):
-        raise UnknownToken("Token does not carry a valid Matrix localpart")
+        raise _refused("bad_localpart", "Token does not carry a valid Matrix localpart")
     if localpart in reserved_localparts:
-        raise Forbidden("This account is reserved for the gateway and cannot be used")
+        reserved = Forbidden("This account is reserved for the gateway and cannot be used")
+        reserved.outcome = "reserved_user"
+        raise reserved
     user_id = f"@{localpart}:{server_name}"
     if len(user_id) > _MAX_USER_ID:
-        raise UnknownToken("Token's user ID is too long")
+        raise _refused("bad_localpart", "Token's user ID is too long")
     iat = claims.get("iat")
     return Identity(
         UserID(user_id),

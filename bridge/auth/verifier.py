@@ -27,13 +27,15 @@ class Verdict:
 
     ``expires_at`` is the token's own expiry (Unix time) where known.
     ``forbidden`` marks a valid token of a user the bridge refuses to act as
-    (403, which does not log the client out as a 401 would).
+    (403, which does not log the client out as a 401 would). ``outcome`` names
+    the judgement for the metrics (``bridge.metrics.VALIDATION_OUTCOMES``).
     """
 
     identity: Identity | None
     reason: str = ""
     expires_at: float | None = None
     forbidden: bool = False
+    outcome: str = "valid"
 
     def identity_or_raise(self) -> Identity:
         if self.identity is None:
@@ -82,16 +84,20 @@ class ClaimRules:
         exp = claims.get("exp")
         expires_at = float(exp) if isinstance(exp, int | float) else None
         if expires_at is not None and expires_at <= now - LEEWAY:
-            return Verdict(None, "Token has expired")
+            return Verdict(None, "Token has expired", outcome="expired")
         nbf = claims.get("nbf")
         if isinstance(nbf, int | float) and nbf > now + LEEWAY:
-            return Verdict(None, "Token is not valid yet")
+            return Verdict(None, "Token is not valid yet", outcome="not_yet_valid")
         if self.issuer is not None and "iss" in claims and claims["iss"] != self.issuer:
-            return Verdict(None, "Token was issued by another issuer")
+            return Verdict(None, "Token was issued by another issuer", outcome="wrong_issuer")
         if self.audiences and not self.audiences & _audiences(claims.get("aud")):
-            return Verdict(None, "Token is not meant for this homeserver")
+            return Verdict(None, "Token is not meant for this homeserver", outcome="wrong_audience")
         if self.client_ids and claims.get("client_id") not in self.client_ids:
-            return Verdict(None, "Token was issued to a client this homeserver does not accept")
+            return Verdict(
+                None,
+                "Token was issued to a client this homeserver does not accept",
+                outcome="wrong_client",
+            )
         try:
             identity = identity_from_claims(
                 claims,
@@ -100,11 +106,22 @@ class ClaimRules:
                 reserved_localparts=self.reserved_localparts,
             )
         except MatrixError as e:
-            return Verdict(None, e.message, expires_at, forbidden=isinstance(e, Forbidden))
+            return Verdict(
+                None,
+                e.message,
+                expires_at,
+                forbidden=isinstance(e, Forbidden),
+                outcome=e.outcome or "bad_localpart",
+            )
         if not re.fullmatch(user_namespace(self.server_name), identity.user_id) or any(
             rx.match(identity.user_id) for rx in self.exclusive_users
         ):
-            return Verdict(None, "This user belongs to another application service", forbidden=True)
+            return Verdict(
+                None,
+                "This user belongs to another application service",
+                forbidden=True,
+                outcome="foreign_namespace",
+            )
         return Verdict(identity, expires_at=expires_at)
 
 
@@ -121,13 +138,14 @@ class IntrospectionVerifier:
 
     def __init__(self, introspector: Introspector, rules: ClaimRules) -> None:
         self._introspector = introspector
-        self._rules = rules
+        # Replaced as a whole by a reload (bridge.reload): allow-lists may change.
+        self.rules = rules
 
     async def verify(self, token: str) -> Verdict:
         claims = await self._introspector.introspect(token)
         if claims.get("active") is not True:
-            return Verdict(None, "Token is not active")
+            return Verdict(None, "Token is not active", outcome="inactive")
         token_type = claims.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() not in _ACCESS_TOKEN_TYPES:
-            return Verdict(None, "Token is not an access token")
-        return self._rules.judge(claims, time.time())
+            return Verdict(None, "Token is not an access token", outcome="not_access_token")
+        return self.rules.judge(claims, time.time())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ import aiohttp
 from bridge import USER_AGENT
 from bridge.config import BridgeConfig
 from bridge.errors import CannotBeDone, HomeserverUnavailable, MatrixError
+from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.homeserver")
 
@@ -32,14 +34,45 @@ async def call_json(
     body: object,
     params: Sequence[tuple[str, str]] = (),
     client_timeout: aiohttp.ClientTimeout,
+    metrics: Metrics | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """One JSON request of the bridge's own to the homeserver: (status, JSON object or {}).
 
-    ``body`` None sends no body (a GET).
+    ``body`` None sends no body (a GET). With ``metrics``, counted as an
+    ``appservice`` call.
     """
     headers = {"Authorization": authorization, "User-Agent": USER_AGENT}
     if body is not None:
         headers["Content-Type"] = "application/json"
+    if metrics is None:
+        return await _call_json(session, method, url, headers, body, params, client_timeout)
+    started = time.perf_counter()
+    failure = None
+    try:
+        status, answer = await _call_json(
+            session, method, url, headers, body, params, client_timeout
+        )
+        if status >= 500:
+            failure = "5xx"
+        return status, answer
+    except HomeserverUnavailable as e:
+        failure = "timeout" if e.status == 504 else "refused"
+        raise
+    finally:
+        metrics.homeserver_call_duration["appservice"].observe(time.perf_counter() - started)
+        if failure is not None:
+            metrics.homeserver_error["appservice", failure].inc()
+
+
+async def _call_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: object,
+    params: Sequence[tuple[str, str]],
+    client_timeout: aiohttp.ClientTimeout,
+) -> tuple[int, dict[str, Any]]:
     try:
         async with session.request(
             method,
@@ -112,8 +145,11 @@ class AppserviceClient:
     """Registers users, creates devices (MSC4190) or logs them in, and acts as users
     (:meth:`act_as_user`), as the appservice."""
 
-    def __init__(self, session: aiohttp.ClientSession, config: BridgeConfig) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, config: BridgeConfig, metrics: Metrics | None = None
+    ) -> None:
         self._session = session
+        self._metrics = metrics
         self._base = config.homeserver.url
         self._authorization = f"Bearer {config.appservice.as_token}"
         self._timeout = aiohttp.ClientTimeout(
@@ -135,7 +171,9 @@ class AppserviceClient:
                 body=body,
                 params=params,
                 client_timeout=self._timeout,
+                metrics=self._metrics,
             )
+            log.debug("appservice %s %s: HTTP %s", method, path, status)
             if status != 429 or attempt == _RATE_LIMIT_RETRIES:
                 break
             wait = answer.get("retry_after_ms")
@@ -229,6 +267,7 @@ class AppserviceClient:
             authorization=f"Bearer {token}",
             body=body,
             client_timeout=self._timeout,
+            metrics=self._metrics,
         )
 
     async def logout(self, token: str) -> None:

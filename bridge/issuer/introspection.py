@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from bridge.config import IssuerConfig
+from bridge.config import IntrospectionConfig, IssuerConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.limit import InflightLimit
-from bridge.issuer.metadata import IssuerMetadata
+from bridge.issuer.metadata import IssuerMetadata, issuer_failure
+from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
+
+
+def client_auth(cfg: IntrospectionConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers and form fields that authenticate the bridge to the introspection
+    endpoint, as configured."""
+    headers = {"Accept": "application/json"}
+    if cfg.auth == "mas_shared_secret":
+        headers["Authorization"] = f"Bearer {cfg.client_secret}"
+        headers["X-MAS-Supports-Device-Id"] = "1"
+        return headers, {}
+    assert cfg.client_id is not None  # checked by the config
+    if cfg.auth == "client_secret_post":
+        return headers, {"client_id": cfg.client_id, "client_secret": cfg.client_secret}
+    # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
+    headers["Authorization"] = aiohttp.encode_basic_auth(
+        quote(cfg.client_id, safe=""), quote(cfg.client_secret, safe="")
+    )
+    return headers, {}
 
 
 class Introspector:
@@ -32,29 +52,19 @@ class Introspector:
         metadata: IssuerMetadata,
         config: IssuerConfig,
         limit: InflightLimit,
+        metrics: Metrics | None = None,
     ) -> None:
         self._session = session
+        metrics = metrics if metrics is not None else Metrics()
+        self._outcomes = {
+            o: c for (call, o), c in metrics.issuer_request.items() if call == "introspection"
+        }
+        self._duration = metrics.issuer_call_duration["introspection"]
         self._metadata = metadata
         self._limit = limit
         self._config = config.introspection
         self._timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        self._headers, self._form_auth = self._client_auth()
-
-    def _client_auth(self) -> tuple[dict[str, str], dict[str, str]]:
-        cfg = self._config
-        headers = {"Accept": "application/json"}
-        if cfg.auth == "mas_shared_secret":
-            headers["Authorization"] = f"Bearer {cfg.client_secret}"
-            headers["X-MAS-Supports-Device-Id"] = "1"
-            return headers, {}
-        assert cfg.client_id is not None  # checked by the config
-        if cfg.auth == "client_secret_post":
-            return headers, {"client_id": cfg.client_id, "client_secret": cfg.client_secret}
-        # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
-        headers["Authorization"] = aiohttp.encode_basic_auth(
-            quote(cfg.client_id, safe=""), quote(cfg.client_secret, safe="")
-        )
-        return headers, {}
+        self._headers, self._form_auth = client_auth(self._config)
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """Return the introspection response (``active`` may be false)."""
@@ -62,8 +72,10 @@ class Introspector:
         if endpoint is None:
             raise IssuerUnavailable("The issuer advertises no introspection_endpoint")
         form = {"token": token, "token_type_hint": "access_token", **self._form_auth}
-        try:
-            with self._limit.slot():
+        with self._limit.slot():
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
                 async with self._session.post(
                     endpoint,
                     data=form,
@@ -76,14 +88,20 @@ class Introspector:
                     if resp.status != 200:
                         # 401 here means the bridge's own credentials are wrong: an
                         # admin problem, which must not log every user out.
+                        outcome = "refused" if resp.status < 500 else "error"
                         log.error("introspection answered HTTP %s", resp.status)
                         raise IssuerUnavailable("The authentication service refused introspection")
                     answer = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            log.warning("introspection failed: %s", type(e).__name__)
-            raise IssuerUnavailable("The authentication service is unreachable") from e
-        if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
-            raise IssuerUnavailable("The authentication service gave a malformed answer")
+                if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
+                    outcome = "error"
+                    raise IssuerUnavailable("The authentication service gave a malformed answer")
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                outcome = issuer_failure(e)
+                log.warning("introspection failed: %s", type(e).__name__)
+                raise IssuerUnavailable("The authentication service is unreachable") from e
+            finally:
+                self._outcomes[outcome].inc()
+                self._duration.observe(time.perf_counter() - started)
         return answer
 
 

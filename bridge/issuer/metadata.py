@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,21 @@ import aiohttp
 
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
+from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
 
 # How soon to try again while the issuer has never answered.
 _RETRY_UNLOADED = 5.0
+
+
+def issuer_failure(error: BaseException) -> str:
+    """The outcome label of a failed call to the issuer (bridge.metrics.ISSUER_OUTCOMES)."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, aiohttp.ClientConnectionError):
+        return "unreachable"
+    return "error"
 
 
 def discovery_url(issuer: str) -> str:
@@ -44,10 +55,25 @@ class Metadata:
 class IssuerMetadata:
     """Holds the current :class:`Metadata`, or ``None`` until the issuer first answers."""
 
-    def __init__(self, session: aiohttp.ClientSession, config: IssuerConfig) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, config: IssuerConfig, metrics: Metrics | None = None
+    ) -> None:
         self._session = session
         self._config = config
+        self._metrics = metrics if metrics is not None else Metrics()
         self.current: Metadata | None = None
+        # time.monotonic() of the last successful fetch.
+        self.fetched_at: float | None = None
+
+    def age(self) -> float | None:
+        """Seconds since the document was last fetched (None: never)."""
+        return None if self.fetched_at is None else time.monotonic() - self.fetched_at
+
+    def fresh(self) -> bool:
+        """Loaded, and refreshed within two refresh intervals (one failed refresh is
+        tolerated; two in a row make the bridge not ready)."""
+        age = self.age()
+        return age is not None and age <= 2 * self._config.metadata_refresh_interval + 5
 
     def require(self) -> Metadata:
         """The metadata, or :class:`IssuerUnavailable` if it was never loaded."""
@@ -65,15 +91,23 @@ class IssuerMetadata:
         """Fetch and validate the discovery document; keep it if valid."""
         url = discovery_url(self._config.issuer)
         timeout = aiohttp.ClientTimeout(total=self._config.introspection.timeout)
+        outcome = "ok"
+        started = time.perf_counter()
         try:
             async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
+                    outcome = "refused" if resp.status < 500 else "error"
                     raise IssuerUnavailable(f"Discovery answered HTTP {resp.status}")
                 document = await resp.json(content_type=None)
+            if not isinstance(document, dict):
+                outcome = "error"
+                raise IssuerUnavailable("Discovery document is not a JSON object")
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            outcome = issuer_failure(e)
             raise IssuerUnavailable(f"Discovery failed: {type(e).__name__}") from e
-        if not isinstance(document, dict):
-            raise IssuerUnavailable("Discovery document is not a JSON object")
+        finally:
+            self._metrics.issuer_request["discovery", outcome].inc()
+            self._metrics.issuer_call_duration["discovery"].observe(time.perf_counter() - started)
         if document.get("issuer") != self._config.issuer:
             # A mismatch means a misconfiguration or a mix-up attack (RFC 8414 §3.3).
             raise IssuerUnavailable(
@@ -82,6 +116,9 @@ class IssuerMetadata:
             )
         metadata = Metadata(document, json.dumps(document).encode())
         self.current = metadata
+        self.fetched_at = time.monotonic()
+        log.debug("issuer metadata fetched from %s", url)
+        self._metrics.issuer_metadata_fetched()
         return metadata
 
     async def refresh_forever(self) -> None:

@@ -24,7 +24,6 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from bridge.config import LoginConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
@@ -66,23 +65,26 @@ class OAuthClient:
         self,
         session: aiohttp.ClientSession,
         metadata: IssuerMetadata,
-        config: LoginConfig,
         limit: InflightLimit,
+        *,
+        client_id: str,
+        client_secret: str,
+        client_auth: str,
         timeout: float,
     ) -> None:
         self._session = session
         self._metadata = metadata
         self._limit = limit
-        self.client_id = config.client_id
+        self.client_id = client_id
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {"Accept": "application/json"}
         self._form_auth: dict[str, str] = {}
-        if config.client_auth == "client_secret_post":
-            self._form_auth = {"client_id": config.client_id, "client_secret": config.client_secret}
+        if client_auth == "client_secret_post":
+            self._form_auth = {"client_id": client_id, "client_secret": client_secret}
         else:
             # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
             self._headers["Authorization"] = aiohttp.encode_basic_auth(
-                quote(config.client_id, safe=""), quote(config.client_secret, safe="")
+                quote(client_id, safe=""), quote(client_secret, safe="")
             )
 
     def _endpoint(self, name: str) -> str:

@@ -33,7 +33,8 @@ from bridge.login.service import Issued, LoginFailed, LoginLayer, new_device_id
 from bridge.login.sso import LOGIN_TOKEN
 from bridge.routes.client import read_json_object
 from bridge.routes.refused import refusal
-from bridge.state import AUTHENTICATOR, CONFIG, ISSUER_METADATA, LOGIN, LOGOUT_MOMENTS
+from bridge.routes.well_known import client_document
+from bridge.state import AUTHENTICATOR, CONFIG, LOGIN, LOGOUT_MOMENTS
 
 log = logging.getLogger("bridge.login")
 
@@ -43,21 +44,6 @@ _LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 
 def _not_logged_in(message: str) -> UnknownToken:
     return UnknownToken(message, extra={"soft_logout": False})
-
-
-def well_known(request: web.Request) -> dict[str, object]:
-    """The ``well_known`` of a login answer: what ``/.well-known/matrix/client`` says."""
-    config = request.app[CONFIG]
-    authentication = {"issuer": config.issuer.issuer}
-    account = request.app[ISSUER_METADATA].account_url()
-    if account:
-        authentication["account"] = account
-    return {
-        **config.well_known.client_extra,
-        "m.homeserver": {"base_url": config.public_baseurl},
-        "m.authentication": authentication,
-        "org.matrix.msc2965.authentication": authentication,
-    }
 
 
 def password_login_available(layer: LoginLayer) -> bool:
@@ -125,7 +111,7 @@ async def _token_login(
         )
     identity = await _still_valid(request, issued.access_token)
     await layer.provision(identity, display_name)
-    return web.json_response(issued.matrix_answer(well_known(request)))
+    return web.json_response(issued.matrix_answer(client_document(request)))
 
 
 async def _still_valid(request: web.Request, access_token: str) -> Any:
@@ -183,7 +169,7 @@ async def _password_login(
     except LoginFailed as e:
         raise Forbidden(str(e)) from e
     await layer.provision(identity, display_name)
-    return web.json_response(issued.matrix_answer(well_known(request)))
+    return web.json_response(issued.matrix_answer(client_document(request)))
 
 
 async def refresh(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from bridge.paths import CLIENT
 from bridge.proxy import Forwarder
 from bridge.routes.capabilities import CAPABILITIES, capabilities
 from bridge.routes.refused import account_management_url, refusal
-from bridge.state import CONFIG, FORWARDER, IDENTITY, PATH, RESET_APPROVALS
+from bridge.state import CONFIG, FORWARDER, IDENTITY, METRICS, PATH, RESET_APPROVALS
 
 # The JSON bodies read here are small; a larger one is not what it claims to be.
 _MAX_JSON_BODY = 64 * 1024
@@ -114,6 +114,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     """``POST /login``: forwarded, except the appservice login type."""
     body, parsed = await read_json_object(request)
     if parsed.get("type") == "m.login.application_service":
+        request.app[METRICS].closed_door["appservice_login"].inc()
         raise refusal(request, "Application-service login")
     return await request.app[FORWARDER].forward(request, request[IDENTITY], body=body)
 
@@ -142,6 +143,7 @@ async def signing_keys_upload(request: web.Request) -> web.StreamResponse:
             if approved_until is not None and not 200 <= response.status < 300:
                 approvals.restore(identity.user_id, approved_until)
             return response
+        request.app[METRICS].closed_door["cross_signing_reset"].inc()
         url = f"{account_management_url(request)}?action=org.matrix.cross_signing_reset"
         return web.json_response(
             {

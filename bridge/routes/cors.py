@@ -1,4 +1,5 @@
-"""CORS as the Matrix spec asks of every client-server endpoint."""
+"""CORS as the Matrix spec asks of every client-server endpoint (set on every answer by
+``bridge.app``'s ``on_response_prepare`` hook)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,11 @@ async def auth_issuer(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/_matrix/client/v1/auth_metadata", auth_metadata)
-    app.router.add_get("/_matrix/client/unstable/org.matrix.msc2965/auth_metadata", auth_metadata)
-    app.router.add_get("/_matrix/client/unstable/org.matrix.msc2965/auth_issuer", auth_issuer)
+    unstable = "/_matrix/client/unstable/org.matrix.msc2965"
+    app.router.add_get(
+        "/_matrix/client/v1/auth_metadata", auth_metadata, name="discovery:auth_metadata"
+    )
+    app.router.add_get(
+        f"{unstable}/auth_metadata", auth_metadata, name="discovery:auth_metadata_msc2965"
+    )
+    app.router.add_get(f"{unstable}/auth_issuer", auth_issuer, name="discovery:auth_issuer")

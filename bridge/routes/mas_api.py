@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,7 +25,9 @@ from aiohttp import web
 
 from bridge.errors import BadRequest, Forbidden, MatrixError, NotFound
 from bridge.homeserver.provisioning import ProfileChange, Provisioning
-from bridge.state import CONFIG, PROVISIONING
+from bridge.state import CONFIG, METRICS, PROVISIONING
+
+log = logging.getLogger("bridge.mas_api")
 
 MAS_ROUTE = "mas:"
 PREFIX = "/_synapse/mas/"
@@ -301,9 +304,11 @@ ENDPOINTS: dict[str, tuple[str, Endpoint]] = {
 }
 
 
-def _served(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _served(
+    name: str, endpoint: Endpoint
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The shared secret first (before the body is even read), then the endpoint; every
-    answer, errors included, uncacheable."""
+    answer, errors included, uncacheable, and counted by endpoint and status."""
 
     async def serve(request: web.Request) -> web.StreamResponse:
         response: web.StreamResponse
@@ -313,7 +318,12 @@ def _served(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamR
             response = await endpoint(request, request.app[PROVISIONING])
         except MatrixError as e:
             response = e.to_response()
+        except Exception:
+            request.app[METRICS].provisioning_done(name, 500)
+            raise
         response.headers.update(_NO_CACHE)
+        request.app[METRICS].provisioning_done(name, response.status)
+        log.debug("MAS provisioning call %s: HTTP %s", name, response.status)
         return response
 
     return serve
@@ -323,9 +333,9 @@ def add_routes(app: web.Application) -> None:
     """Register the twelve endpoints (only with ``issuer.kind: mas``)."""
     for name, (method, endpoint) in ENDPOINTS.items():
         resource = app.router.add_resource(PREFIX + name, name=MAS_ROUTE + name)
-        resource.add_route(method, _served(endpoint))
+        resource.add_route(method, _served(name, endpoint))
         if method == "GET":
-            resource.add_route("HEAD", _served(endpoint))  # as Synapse serves it
+            resource.add_route("HEAD", _served(name, endpoint))  # as Synapse serves it
         resource.add_route("*", _unrecognized_method)
 
 

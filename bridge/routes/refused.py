@@ -23,12 +23,24 @@ from aiohttp import web
 from bridge.errors import BadRequest, Forbidden, MatrixError
 from bridge.paths import CLIENT
 from bridge.routes.compat import COMPAT_PATH
-from bridge.state import CONFIG, ISSUER_METADATA
+from bridge.state import CONFIG, ISSUER_METADATA, LIVE, METRICS
 
 _ANY = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _WRITE = _ANY - {"GET", "HEAD", "OPTIONS"}
 _THREEPIDS = "Changing third-party identifiers"
 _REGISTRATION = "Registration"
+
+_DEVICES = "Deleting devices"
+# What the user is trying to do → the rule's name in the metrics.
+_RULES = {
+    "Account deactivation": "account_deactivation",
+    "Changing the password": "password",
+    _THREEPIDS: "threepid",
+    _DEVICES: "delete_devices",
+    _REGISTRATION: "registration",
+    "Issuing login tokens": "login_token",
+    "Logging out": "logout",
+}
 
 # (methods, path pattern, what the user is trying to do)
 CLOSED_DOORS = [
@@ -37,9 +49,9 @@ CLOSED_DOORS = [
     (_WRITE, re.compile(rf"^{CLIENT}/account/3pid(?:/.*)?$"), _THREEPIDS),
     # Where a 3PID validation link or code is submitted (unstable prefix in Synapse).
     (_ANY, re.compile(rf"^{CLIENT}/add_threepid/[^/]*/submit_token$"), _THREEPIDS),
-    (_WRITE, re.compile(rf"^{CLIENT}/delete_devices$"), "Deleting devices"),
+    (_WRITE, re.compile(rf"^{CLIENT}/delete_devices$"), _DEVICES),
     # Any ID, the empty one included (Synapse routes DELETE /devices/ too).
-    (frozenset({"DELETE"}), re.compile(rf"^{CLIENT}/devices(?:/.*)?$"), "Deleting devices"),
+    (frozenset({"DELETE"}), re.compile(rf"^{CLIENT}/devices(?:/.*)?$"), _DEVICES),
     (_ANY, re.compile(rf"^{CLIENT}/register(?:/.*)?$"), _REGISTRATION),
     (_ANY, re.compile(rf"^{CLIENT}/registration/[^/]*/submit_token$"), _REGISTRATION),
     # A homeserver-native login token minted without re-authentication would
@@ -187,6 +199,7 @@ async def refuse(request: web.Request, path: str) -> None:
         return  # MAS's compatibility layer (bridge.routes.compat) or the bridge's (bridge.login)
     what = closed_door(request.method, path)
     if what is not None:
+        request.app[METRICS].closed_door[_RULES[what]].inc()
         if (
             what == _REGISTRATION
             and request.method == "POST"
@@ -195,8 +208,10 @@ async def refuse(request: web.Request, path: str) -> None:
             raise await registration_refusal(request)
         raise refusal(request, what)
     if any(rx.match(path) for rx in APPSERVICE_ONLY):
+        request.app[METRICS].closed_door["appservice_only"].inc()
         raise Forbidden("Only application services may use this endpoint")
     if path.startswith("/_synapse/admin") and not admin_api_allowed(
-        request.app[CONFIG].homeserver.admin_api_allowlist, path
+        request.app[LIVE].admin_api_allowlist, path
     ):
+        request.app[METRICS].closed_door["admin_api"].inc()
         raise Forbidden("The homeserver admin API is not exposed by this gateway")

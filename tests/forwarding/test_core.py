@@ -195,7 +195,7 @@ async def test_small_answer_is_sent_whole_and_a_large_one_streamed(
     assert await resp.read() == big
 
 
-async def test_every_answer_has_cors_headers_whole_streamed_or_refused(
+async def test_every_answer_has_cors_headers_and_request_id_whole_streamed_or_refused(
     bridge: BridgeClient,
     homeserver: FakeHomeserver,
 ) -> None:
@@ -216,6 +216,7 @@ async def test_every_answer_has_cors_headers_whole_streamed_or_refused(
         await resp.read()
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+        assert len(resp.headers.getall("X-Request-ID")) == 1
     assert refused.status == 401
 
 

@@ -80,5 +80,11 @@ async def test_serve_logs_requests_without_tokens(
     logged = served.log_path.read_text(encoding="utf-8")
     assert logged.count("GET /_matrix/client/v3/account/whoami 200") == 2
     assert "GET /_matrix/client/v3/account/whoami 401" in logged
-    for secret in (token, token[::-1], appservice.as_token, issuer.bridge_client_secret):
+    for secret in (
+        token,
+        token[::-1],
+        appservice.as_token,
+        appservice.hs_token,
+        issuer.bridge_client_secret,
+    ):
         assert secret not in logged

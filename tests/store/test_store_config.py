@@ -69,7 +69,7 @@ def test_secrets_stay_out_of_repr() -> None:
     [
         ({}, "store.encryption_keys", "is required (or encryption_keys_file)"),
         ({"encryption_keys": []}, "store.encryption_keys", "must be a non-empty list"),
-        ({"encryption_keys": KEY_A}, "store.encryption_keys", "must be a non-empty list"),
+        ({"encryption_keys": KEY_A}, "store.encryption_keys", "must be a list"),
         ({"encryption_keys": [KEY_A], "encryption_keys_file": "/x"}, "store.encryption_keys",
          "give either"),
         ({"encryption_keys_file": "/nonexistent/keys"}, "store.encryption_keys_file",
@@ -82,7 +82,8 @@ def test_secrets_stay_out_of_repr() -> None:
           "path": "x.db"}, "store.path", "is only for kind: sqlite"),
         ({"encryption_keys": [KEY_A], "dsn": "postgresql://h/db"}, "store.dsn",
          "is only for kind: postgres"),
-        ({"encryption_keys": [KEY_A], "pathh": "x.db"}, "store.pathh", "is not a known setting"),
+        ({"encryption_keys": [KEY_A], "pathh": "x.db"}, "store.pathh",
+         "is not a known setting (did you mean path?)"),
     ],
 )  # fmt: skip
 def test_bad_store_section(store: dict[str, Any], key: str, problem: str) -> None:

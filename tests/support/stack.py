@@ -152,5 +152,5 @@ def served_bridge_document(
         appservice=appservice,
         public_baseurl=f"http://127.0.0.1:{port}/",
         listen={"host": "127.0.0.1", "port": port},
-        **extra,  # type: ignore[arg-type]
+        **{"ops": {"enabled": False}, **extra},  # type: ignore[arg-type]
     )

@@ -1,0 +1,304 @@
+"""``matrix-oidc-bridge doctor -c FILE``: the set-up checked step by step, in plain words.
+
+Each check prints one line, ``✓`` or ``✗``, and under a ``✗`` a hint to fix it;
+a check that needs an earlier one that failed is skipped (``-``). In order:
+
+1. the config file is valid;
+2. the issuer's discovery document is reachable and names the configured issuer;
+3. its JWKS is reachable (JWT access tokens only);
+4. the introspection credentials are accepted (a made-up token introspects as
+   ``active: false``, not 401);
+5. the homeserver answers, and which spec versions it speaks;
+6. it accepts the bridge's ``as_token`` (appservice ``whoami``);
+7. which identity strategies it supports, and whether the configured one is
+   among them (the start-up probe, which creates and removes a device of the
+   appservice's own user);
+8. ``/.well-known/matrix/client`` and ``auth_metadata`` as clients see them at
+   ``public_baseurl`` (the bridge must be running and routed there).
+
+The exit code is 0 when every check passed, 11 for an invalid config file,
+else 1. Nothing printed holds a secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+from bridge import USER_AGENT
+from bridge.config import BridgeConfig, load_config
+from bridge.errors import ConfigError
+from bridge.homeserver.probe import ProbeFailed, probe
+from bridge.issuer.introspection import client_auth
+from bridge.issuer.metadata import discovery_url
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 11
+PASS, FAIL, SKIP = "✓", "✗", "-"
+
+
+class CheckFailed(Exception):
+    """A check's ✗: what is wrong, and a hint to fix it."""
+
+    def __init__(self, problem: str, hint: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.hint = hint
+
+
+@dataclass
+class Findings:
+    """What the checks learnt, for the checks after them."""
+
+    discovery: dict[str, Any] | None = None
+    homeserver_up: bool = False
+    as_token_ok: bool = False
+
+
+def jwt_access_tokens(config: BridgeConfig) -> bool:
+    """Whether the bridge validates JWT access tokens itself (RFC 9068) rather than by
+    introspection. Not configurable yet: JWT validation is issue 9's, which sets this."""
+    return getattr(config.issuer, "access_token_format", "opaque") == "jwt"
+
+
+class Doctor:
+    """Runs the checks against ``config`` with ``session`` and prints to ``out``."""
+
+    def __init__(self, config: BridgeConfig, session: aiohttp.ClientSession, out: TextIO) -> None:
+        self.config = config
+        self.session = session
+        self.out = out
+        self.found = Findings()
+        self.failed = False
+
+    def line(self, mark: str, text: str, hint: str | None = None) -> None:
+        print(f"{mark} {text}", file=self.out)
+        if hint:
+            print(f"    hint: {hint}", file=self.out)
+        self.out.flush()
+
+    async def check(
+        self, name: str, run: Callable[[], Awaitable[str]], *, needs: str | None = None
+    ) -> None:
+        if needs is not None:
+            self.line(SKIP, f"{name}: skipped ({needs})")
+            return
+        try:
+            detail = await run()
+        except CheckFailed as e:
+            self.failed = True
+            self.line(FAIL, f"{name}: {e.problem}", e.hint)
+        else:
+            self.line(PASS, f"{name}: {detail}")
+
+    async def run(self) -> None:
+        found = self.found
+        await self.check("issuer discovery", self.discovery)
+        no_discovery = None if found.discovery else "the issuer's discovery failed"
+        if jwt_access_tokens(self.config):
+            await self.check("issuer JWKS", self.jwks, needs=no_discovery)
+        else:
+            self.line(SKIP, "issuer JWKS: not used (opaque access tokens, by introspection)")
+        await self.check("introspection credentials", self.introspection, needs=no_discovery)
+        await self.check("homeserver", self.homeserver)
+        no_homeserver = None if found.homeserver_up else "the homeserver is unreachable"
+        await self.check("appservice as_token", self.as_token, needs=no_homeserver)
+        no_as_token = None if found.as_token_ok else "the homeserver refuses the as_token"
+        await self.check("identity strategy", self.strategy, needs=no_homeserver or no_as_token)
+        await self.check("well-known at the public base URL", self.well_known)
+        await self.check("auth_metadata at the public base URL", self.auth_metadata)
+
+    # -- the checks ---------------------------------------------------------------------
+
+    async def _get_json(self, url: str, what: str, hint: str, **kwargs: Any) -> tuple[int, Any]:
+        try:
+            async with self.session.get(url, allow_redirects=False, **kwargs) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                return resp.status, body
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise CheckFailed(f"{what} is unreachable at {url} ({type(e).__name__})", hint) from e
+
+    async def discovery(self) -> str:
+        issuer = self.config.issuer.issuer
+        url = discovery_url(issuer)
+        hint = f"is the issuer running, and reachable from this host? (issuer.issuer: {issuer})"
+        status, document = await self._get_json(url, "the discovery document", hint)
+        if status != 200 or not isinstance(document, dict):
+            raise CheckFailed(f"{url} answered HTTP {status}, not a discovery document", hint)
+        if document.get("issuer") != issuer:
+            raise CheckFailed(
+                f"the document names issuer {document.get('issuer')!r}, configured {issuer!r}",
+                f"set issuer.issuer to exactly {document.get('issuer')!r} "
+                "(the trailing slash counts)",
+            )
+        self.found.discovery = document
+        return f"{url} answers, and names {issuer}"
+
+    async def jwks(self) -> str:
+        assert self.found.discovery is not None
+        url = self.found.discovery.get("jwks_uri")
+        hint = "the issuer must publish its signing keys (jwks_uri) for JWT access tokens"
+        if not isinstance(url, str):
+            raise CheckFailed("the discovery document has no jwks_uri", hint)
+        status, jwks = await self._get_json(url, "the JWKS", hint)
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
+        if status != 200 or not isinstance(keys, list) or not keys:
+            raise CheckFailed(f"{url} answered HTTP {status} without keys", hint)
+        return f"{url} lists {len(keys)} keys"
+
+    async def introspection(self) -> str:
+        assert self.found.discovery is not None
+        url = self.found.discovery.get("introspection_endpoint")
+        cfg = self.config.issuer.introspection
+        if not isinstance(url, str):
+            raise CheckFailed(
+                "the discovery document has no introspection_endpoint",
+                "the issuer must offer RFC 7662 introspection to the bridge",
+            )
+        headers, form = client_auth(cfg)
+        made_up = "matrix-oidc-bridge-doctor-" + secrets.token_urlsafe(16)
+        who = "MAS's shared secret" if cfg.auth == "mas_shared_secret" else cfg.client_id
+        hint = (
+            "check issuer.introspection.client_secret (MAS: matrix.secret)"
+            if cfg.auth == "mas_shared_secret"
+            else f"check issuer.introspection.client_id ({cfg.client_id}) and client_secret, "
+            f"and that the issuer accepts auth: {cfg.auth} for that client"
+        )
+        try:
+            async with self.session.post(
+                url,
+                data={"token": made_up, "token_type_hint": "access_token", **form},
+                headers=headers,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise CheckFailed(f"{url} is unreachable ({type(e).__name__})", hint) from e
+        if status in (400, 401, 403) and not (
+            isinstance(answer, dict) and answer.get("error") in ("invalid_token",)
+        ):
+            raise CheckFailed(
+                f"the issuer refused the bridge's credentials ({who}): HTTP {status}", hint
+            )
+        if status != 200 or not isinstance(answer, dict) or answer.get("active") is not False:
+            raise CheckFailed(
+                f"a made-up token did not introspect as inactive (HTTP {status})",
+                "the introspection endpoint must answer RFC 7662 JSON",
+            )
+        return f"accepted ({who}, {cfg.auth}): a made-up token is inactive"
+
+    async def homeserver(self) -> str:
+        url = self.config.homeserver.url + "/_matrix/client/versions"
+        hint = f"is the homeserver running at homeserver.url ({self.config.homeserver.url})?"
+        status, answer = await self._get_json(url, "the homeserver", hint)
+        versions = answer.get("versions") if isinstance(answer, dict) else None
+        if status != 200 or not isinstance(versions, list):
+            raise CheckFailed(f"{url} answered HTTP {status}, not a versions list", hint)
+        self.found.homeserver_up = True
+        listed = [v for v in versions if isinstance(v, str)]
+        return f"{self.config.homeserver.url} speaks {', '.join(listed) or 'no spec version'}"
+
+    async def as_token(self) -> str:
+        appservice = self.config.appservice
+        sender = f"@{appservice.sender_localpart}:{self.config.server_name}"
+        url = self.config.homeserver.url + "/_matrix/client/v3/account/whoami"
+        hint = (
+            "the homeserver must load the bridge's registration: "
+            "matrix-oidc-bridge generate-registration -c FILE -o registration.yaml, add it "
+            "(Synapse: app_service_config_files) and restart the homeserver"
+        )
+        status, answer = await self._get_json(
+            url, "the homeserver", hint, headers={"Authorization": f"Bearer {appservice.as_token}"}
+        )
+        user_id = answer.get("user_id") if isinstance(answer, dict) else None
+        if status != 200 or user_id != sender:
+            errcode = answer.get("errcode", "") if isinstance(answer, dict) else ""
+            raise CheckFailed(
+                f"the homeserver does not accept the as_token (HTTP {status} {errcode})".strip(),
+                hint,
+            )
+        self.found.as_token_ok = True
+        return f"accepted as {sender}"
+
+    async def strategy(self) -> str:
+        configured = self.config.homeserver.strategy
+        try:
+            result = await probe(self.session, self.config)
+        except ProbeFailed as e:
+            raise CheckFailed(str(e), "see the homeserver's log for the refused request") from e
+        if configured not in result.strategies:
+            raise CheckFailed(
+                f"{configured} cannot work: {result.why_not(configured)}",
+                f"use homeserver.strategy: {result.strategies[0]}"
+                if result.strategies
+                else "this homeserver supports neither strategy through the appservice",
+            )
+        return f"{configured} works (supported: {', '.join(result.strategies)})"
+
+    def _public(self, path: str) -> str:
+        return self.config.public_baseurl.rstrip("/") + path
+
+    async def well_known(self) -> str:
+        url = self._public("/.well-known/matrix/client")
+        hint = (
+            f"serve the bridge at public_baseurl ({self.config.public_baseurl}): route it, "
+            "and /.well-known/matrix/client on the server name's domain, to the bridge"
+        )
+        status, document = await self._get_json(url, "the well-known file", hint)
+        if status != 200 or not isinstance(document, dict):
+            raise CheckFailed(f"{url} answered HTTP {status}", hint)
+        base = (document.get("m.homeserver") or {}).get("base_url")
+        authentication = document.get("m.authentication") or {}
+        if str(base).rstrip("/") != self.config.public_baseurl.rstrip("/"):
+            raise CheckFailed(f"m.homeserver.base_url is {base!r}", hint)
+        if authentication.get("issuer") != self.config.issuer.issuer:
+            raise CheckFailed(
+                f"m.authentication.issuer is {authentication.get('issuer')!r}",
+                "another server answers the well-known file: route it to the bridge",
+            )
+        return f"{url} names {base} and the issuer"
+
+    async def auth_metadata(self) -> str:
+        url = self._public("/_matrix/client/v1/auth_metadata")
+        hint = f"route {self.config.public_baseurl}_matrix/ to the bridge"
+        status, document = await self._get_json(url, "auth_metadata", hint)
+        if status != 200 or not isinstance(document, dict):
+            raise CheckFailed(f"{url} answered HTTP {status}", hint)
+        if document.get("issuer") != self.config.issuer.issuer:
+            raise CheckFailed(f"it names issuer {document.get('issuer')!r}", hint)
+        return f"{url} serves the issuer's metadata"
+
+
+async def doctor_cli(config_path: Path, out: TextIO | None = None) -> int:
+    """Run every check; the exit code."""
+    out = out or sys.stdout
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        print(f"{FAIL} config {config_path}: {len(e.problems)} problem(s)", file=out)
+        for line in e.lines():
+            print(f"    {line}", file=out)
+        print("    hint: `matrix-oidc-bridge config-schema` describes every key", file=out)
+        return EXIT_CONFIG
+    print(f"{PASS} config {config_path}: valid", file=out)
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT},
+        timeout=aiohttp.ClientTimeout(total=15),
+    ) as session:
+        doctor = Doctor(config, session, out)
+        await doctor.run()
+    return EXIT_FAILED if doctor.failed else 0
