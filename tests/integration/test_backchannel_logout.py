@@ -21,7 +21,6 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -65,7 +64,7 @@ def _public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
 @pytest.fixture
 def trusted_keys(
     monkeypatch: pytest.MonkeyPatch, issuer: TestIssuer, test_key: rsa.RSAPrivateKey
-) -> Iterator[None]:
+) -> None:
     """The bridge's keys: the real issuer's JWKS (read once here) and the test's own key."""
     import urllib.request
 
@@ -75,7 +74,6 @@ def trusted_keys(
         jwks = json.load(resp)
     jwks["keys"].append(_public_jwk(test_key, "test-key"))
     monkeypatch.setattr(bridge.app, "signing_keys", lambda _app: StaticKeys(jwks))
-    yield
 
 
 async def _whoami(stack: LoginStack, token: str) -> int:
