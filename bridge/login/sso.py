@@ -91,13 +91,13 @@ def checked_redirect_url(value: str | None, allowlist: tuple[str, ...]) -> str:
 
 
 def _within(url: SplitResult, prefix: str) -> bool:
-    """Whether ``url`` is at or below ``prefix``: same scheme, host and port, and the
-    prefix's path a whole-segment prefix of the URL's."""
+    """Whether ``url`` is at or below ``prefix``: same scheme, host and port (any, for a
+    prefix without them, such as ``element://``), and the prefix's path a whole-segment
+    prefix of the URL's."""
     allowed = urlsplit(prefix)
-    if (url.scheme.lower(), url.netloc.lower()) != (
-        allowed.scheme.lower(),
-        allowed.netloc.lower(),
-    ):
+    if url.scheme.lower() != allowed.scheme.lower():
+        return False
+    if allowed.netloc and url.netloc.lower() != allowed.netloc.lower():
         return False
     base = allowed.path.rstrip("/")
     return not base or url.path == base or url.path.startswith(base + "/")
