@@ -11,7 +11,7 @@ from bridge.config import parse_config
 from bridge.errors import ConfigError
 from tests.test_config import minimal
 
-STORE = {"path": "/tmp/bridge.db", "encryption_keys": [Fernet.generate_key().decode()]}
+STORE = {"path": "bridge.db", "encryption_keys": [Fernet.generate_key().decode()]}
 
 
 def with_login(login: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
