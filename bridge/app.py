@@ -37,7 +37,7 @@ from bridge.login.jwts import JwtChecks, SigningKeySource
 from bridge.login.service import LoginLayer
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.paths import routing_path
-from bridge.proxy import LONG_POLL, Forwarder
+from bridge.proxy import LONG_POLL, AsSent, Forwarder
 from bridge.request_id import HEADER as REQUEST_ID_HEADER
 from bridge.request_id import REQUEST_ID, RequestIDs
 from bridge.routes import client, compat, discovery, mas_api, well_known
@@ -157,7 +157,7 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
         return aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
+            request_class=AsSent,
             connector=aiohttp.TCPConnector(limit=size, ttl_dns_cache=300),
         )
 
@@ -332,7 +332,7 @@ def route_group(name: str | None) -> str:
 def front_middleware(metrics: Metrics, ids: RequestIDs) -> Middleware:
     """The one middleware (each layer costs); see :func:`front`'s steps."""
     groups: dict[str | None, str] = {}
-    in_flight, request_done = metrics.in_flight, metrics.request_done
+    request_done = metrics.request_done
     clock = time.perf_counter
 
     @web.middleware
@@ -362,7 +362,7 @@ def front_middleware(metrics: Metrics, ids: RequestIDs) -> Middleware:
             group = groups[name] = route_group(name)
         request[ROUTE_GROUP] = group
         status = 499  # a client that went away (cancelled) unless answered
-        in_flight.inc()
+        metrics.answering += 1
         try:
             try:
                 path = request[PATH] = routing_path(request.raw_path)
@@ -382,7 +382,7 @@ def front_middleware(metrics: Metrics, ids: RequestIDs) -> Middleware:
             status = response.status
             return response
         finally:
-            in_flight.dec()
+            metrics.answering -= 1
             request_done(group, request.method, status, clock() - start)
 
     return front

@@ -154,6 +154,19 @@ def _classified(name: str) -> tuple[str, bool]:
     return canonical, canonical in _DROPPED or canonical.startswith(_FORWARDING_PREFIXES)
 
 
+def connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """The names (canonical) that the ``Connection`` headers of ``headers`` list."""
+    if "Connection" not in headers:
+        return frozenset()
+    return _named(",".join(headers.getall("Connection")))
+
+
+@functools.lru_cache(maxsize=256)
+def _named(value: str) -> frozenset[str]:
+    """(cached: peers send the same ``Connection`` value again and again)"""
+    return frozenset(_canonical(token.strip()) for token in value.split(","))
+
+
 def upstream_headers(
     headers: CIMultiDictProxy[str],
     *,
@@ -166,13 +179,7 @@ def upstream_headers(
     (see the module doc). ``peer``: the connection's remote address
     (``request.remote``); ``scheme``: its scheme (``request.scheme``);
     ``authorization``: the bridge's own ``Authorization`` value, if any."""
-    named: frozenset[str] | set[str] = frozenset()
-    if "Connection" in headers:
-        named = {
-            _canonical(token.strip())
-            for value in headers.getall("Connection")
-            for token in value.split(",")
-        }
+    named = connection_named(headers)
     trusted = bool(trusted_proxies) and peer is not None and _trusted(peer, trusted_proxies)
     chain: list[str] = []
     proto: str | None = None

@@ -269,7 +269,13 @@ class Metrics:
             rule: self.closed_door_refusals.labels(rule) for rule in CLOSED_DOOR_RULES
         }
         self._provisioning: dict[tuple[str, int], Counter] = {}
-        self._samplers: list[Callable[[], None]] = []
+        self._samplers: list[Callable[[], None]] = [self._sample_in_flight]
+        # Requests being answered, counted by the request path as a plain int (a
+        # gauge's inc and dec take a lock each) and sampled into ``in_flight``.
+        self.answering = 0
+
+    def _sample_in_flight(self) -> None:
+        self.in_flight.set(self.answering)
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         """One answered request (the hot path: two lookups, an ``inc``, an ``observe``)."""

@@ -51,7 +51,7 @@ from yarl import URL
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
 from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError, UnknownToken
-from bridge.headers import HOP_BY_HOP, upstream_headers
+from bridge.headers import HOP_BY_HOP, connection_named, upstream_headers
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.metrics import Metrics
@@ -61,6 +61,20 @@ from bridge.request_id import REQUEST_ID
 from bridge.routes.cors import add_cors_headers
 
 log = logging.getLogger("bridge.proxy")
+
+
+class AsSent(aiohttp.ClientRequest):
+    """A forwarded request: aiohttp adds none of its own headers (``Accept``,
+    ``Accept-Encoding``, ``User-Agent``, a default ``Content-Type``); the
+    homeserver gets the client's. What ``skip_auto_headers`` with those four
+    does, without its per-request sort and two copies of the headers."""
+
+    _NONE_ADDED: CIMultiDict[None] = CIMultiDict(
+        (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+    )
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = self._NONE_ADDED
 
 # Query parameters the homeserver reads as identity from an appservice request.
 # A normal user's token makes them meaningless, so with device tokens only the
@@ -126,15 +140,6 @@ def homeserver_media_type(content_type: str) -> str:
         return message.get_content_type()
     except Exception:
         return "application/x-www-form-urlencoded"  # unreadable: treat as the worst case
-
-
-def hop_by_hop(headers: Iterable[tuple[str, str]]) -> set[str]:
-    """Hop-by-hop names: the fixed ones plus any the ``Connection`` header lists."""
-    names = set(HOP_BY_HOP)
-    for name, value in headers:
-        if name.lower() == "connection":
-            names.update(token.strip().lower() for token in value.split(","))
-    return names
 
 
 class RequestTooLarge(MatrixError):
@@ -572,12 +577,14 @@ def lost_identity(status: int, answer: dict[str, Any]) -> bool:
 
 def _response_headers(
     upstream: CIMultiDictProxy[str], drop: frozenset[str] = HOP_BY_HOP
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """The homeserver's answer headers without those in ``drop`` (hop-by-hop ones and
-    more) and those its ``Connection`` names."""
-    if "Connection" in upstream:
-        drop = drop | hop_by_hop(upstream.items())
-    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+    more) and those its ``Connection`` names (a list: the answer makes its own
+    multidict of it)."""
+    named = connection_named(upstream)
+    if not named <= drop:
+        drop = drop | named
+    return [(k, v) for k, v in upstream.items() if k.lower() not in drop]
 
 
 def _is_json(upstream: aiohttp.ClientResponse) -> bool:

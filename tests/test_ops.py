@@ -318,3 +318,23 @@ async def test_generated_request_ids_differ_and_errors_carry_one(
         assert resp.status == 401
         ids.add(resp.headers["X-Request-ID"])
     assert len(ids) == 5
+
+
+async def test_requests_in_flight_counts_a_request_being_answered(
+    served: tuple[BridgeClient, OpsClient], homeserver: FakeHomeserver
+) -> None:
+    bridge, ops = served
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(_request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await release.wait()
+        return web.json_response({})
+
+    homeserver.answer = slow
+    pending = asyncio.create_task(bridge.get(WHOAMI, headers=auth(TOKEN)))
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert value(await scrape(ops), PREFIX + "requests_in_flight") == 1
+    release.set()
+    assert (await pending).status == 200
+    assert value(await scrape(ops), PREFIX + "requests_in_flight") == 0

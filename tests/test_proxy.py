@@ -306,6 +306,21 @@ async def test_large_response_body_is_streamed_to_the_client_intact(
     assert first + rest == payload
 
 
+async def test_nothing_is_added_to_the_clients_headers(
+    bridge: BridgeClient, homeserver: FakeHomeserver
+) -> None:
+    await bridge.post(
+        "/_matrix/client/v3/keys/upload",
+        headers=bearer(),
+        data=b"{}",
+        skip_auto_headers=["Accept", "Accept-Encoding", "Content-Type", "User-Agent"],
+    )
+    names = {name.lower() for name in only_client_request(homeserver).headers}
+    for added_by_aiohttp in ("accept", "accept-encoding", "content-type", "user-agent"):
+        assert added_by_aiohttp not in names
+    assert "content-length" in names
+
+
 async def test_compressed_answer_passes_through_undecoded(
     bridge: BridgeClient, homeserver: FakeHomeserver
 ) -> None:
@@ -336,6 +351,18 @@ def raw_answer(body: bytes, headers: Mapping[str, str], status: int = 200) -> An
         )
 
     return answer
+
+
+async def test_headers_the_homeserver_names_in_connection_are_not_passed_back(
+    bridge: BridgeClient, homeserver: FakeHomeserver
+) -> None:
+    homeserver.answer = raw_answer(
+        b"{}", {"Connection": "keep-alive, X-Hop", "X-Hop": "1", "X-Kept": "2"}
+    )
+    resp = await bridge.get(SYNC, headers=bearer())
+    assert resp.status == 200
+    assert "X-Hop" not in resp.headers
+    assert resp.headers["X-Kept"] == "2"
 
 
 async def test_upstream_status_headers_and_body_pass_through(
