@@ -223,6 +223,7 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         client_secret=client_secret,
         client_auth=client_auth,
         timeout=config.issuer.introspection.timeout,
+        metrics=app[METRICS],
     )
     jwts = JwtChecks(
         issuer=config.issuer.issuer,

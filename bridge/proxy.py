@@ -76,6 +76,7 @@ class AsSent(aiohttp.ClientRequest):
     def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
         self._skip_auto_headers = self._NONE_ADDED
 
+
 # Query parameters the homeserver reads as identity from an appservice request.
 # A normal user's token makes them meaningless, so with device tokens only the
 # client's own token is removed (and /mutual_rooms?user_id= works).

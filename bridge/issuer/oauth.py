@@ -18,6 +18,7 @@ import base64
 import hashlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -26,7 +27,8 @@ import aiohttp
 
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.limit import InflightLimit
-from bridge.issuer.metadata import IssuerMetadata
+from bridge.issuer.metadata import IssuerMetadata, issuer_failure
+from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
 
@@ -71,7 +73,12 @@ class OAuthClient:
         client_secret: str,
         client_auth: str,
         timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        metrics = metrics if metrics is not None else Metrics()
+        # (call, outcome) counters and the duration of the two calls made here.
+        self._outcomes = metrics.issuer_request
+        self._durations = metrics.issuer_call_duration
         self._session = session
         self._metadata = metadata
         self._limit = limit
@@ -86,6 +93,10 @@ class OAuthClient:
             self._headers["Authorization"] = aiohttp.encode_basic_auth(
                 quote(client_id, safe=""), quote(client_secret, safe="")
             )
+
+    def _count(self, what: str, outcome: str, started: float) -> None:
+        self._outcomes[(what, outcome)].inc()
+        self._durations[what].observe(time.perf_counter() - started)
 
     def _endpoint(self, name: str) -> str:
         endpoint = self._metadata.require().endpoint(name)
@@ -142,7 +153,7 @@ class OAuthClient:
         )
 
     async def _token(self, form: dict[str, str]) -> TokenResponse:
-        answer = await self._post("token_endpoint", form, "token request")
+        answer = await self._post("token_endpoint", form, "token")
         access_token = answer.get("access_token")
         token_type = answer.get("token_type")
         if not isinstance(access_token, str) or not access_token:
@@ -179,9 +190,11 @@ class OAuthClient:
         return True
 
     async def _post(self, endpoint_name: str, form: dict[str, str], what: str) -> dict[str, Any]:
+        """One call (``what``: ``token`` or ``revocation``, its metrics label)."""
         endpoint = self._endpoint(endpoint_name)
-        try:
-            with self._limit.slot():
+        with self._limit.slot():
+            started = time.perf_counter()
+            try:
                 async with self._session.post(
                     endpoint,
                     data={**form, **self._form_auth},
@@ -194,9 +207,13 @@ class OAuthClient:
                         answer = await resp.json(content_type=None)
                     except ValueError:
                         answer = None
-        except (aiohttp.ClientError, TimeoutError) as e:
-            log.warning("%s failed: %s", what, type(e).__name__)
-            raise IssuerUnavailable("The authentication service is unreachable") from e
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self._count(what, issuer_failure(e), started)
+                log.warning("%s request failed: %s", what, type(e).__name__)
+                raise IssuerUnavailable("The authentication service is unreachable") from e
+        self._count(
+            what, "ok" if status == 200 else "refused" if status < 500 else "error", started
+        )
         if status == 200:
             # Revocation answers 200 with any body, often none.
             return answer if isinstance(answer, dict) else {}
