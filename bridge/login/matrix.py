@@ -184,7 +184,7 @@ async def refresh(request: web.Request) -> web.Response:
     try:
         tokens = await layer.oauth.refresh(refresh_token)
     except GrantRefused as e:
-        await layer.store.delete_session(session.user_id, session.device_id)
+        await layer.store.take_sessions(session.user_id, session.device_id)
         raise _not_logged_in("The refresh token is no longer valid") from e
     try:
         identity = await request.app[AUTHENTICATOR].authenticate(tokens.access_token)

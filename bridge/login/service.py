@@ -8,11 +8,12 @@ Ending a session (``/logout``, ``/logout/all``, back-channel logout) goes in
 this order, so that no request can slip between the steps and bring the
 session back:
 
-1. the logout moment is written to the store (announced to every instance)
+1. the sessions are taken out of the store, and the refresh tokens the bridge
+   handed out for them revoked at the issuer (RFC 7009);
+2. the logout moment is written to the store (announced to every instance)
    and applied here: from now on, every token of the device (or user)
-   issued until now is refused, and the cached ones are dropped;
-2. the refresh tokens the bridge handed out are revoked at the issuer and
-   forgotten, and so is the presented access token (RFC 7009);
+   issued until now is refused, and the cached ones are dropped; the
+   presented access token is revoked too;
 3. the homeserver devices are ended (``device_login``: the kept token logged
    out, the device deleted; ``masquerade``: deleted through the appservice).
 
@@ -196,12 +197,22 @@ class LoginLayer:
         moment = await self.store.add_logout_moment(user_id, device_id, now_moment())
         self.moments.apply([moment])
 
+    async def _end_sessions(self, user_id: str, device_id: str | None) -> list[str]:
+        """Steps 1 and 2 for the device (or user): its sessions taken out of the store
+        and their refresh tokens revoked, then the moment. In that order, so that a
+        refresh racing the logout either finds no session, or swapped its new refresh
+        token in before, which is then the one revoked, and its new access token is
+        older than the moment. The devices of the sessions ended."""
+        sessions = await self.store.take_sessions(user_id, device_id)
+        for session in sessions:
+            if session.refresh_token is not None:
+                await self.oauth.revoke(session.refresh_token, "refresh_token")
+        await self._record(user_id, device_id)
+        return [session.device_id for session in sessions]
+
     async def end_device(self, user_id: str, device_id: str, access_token: str | None) -> None:
         """``/logout`` and back-channel logout: end one device (see the module)."""
-        await self._record(user_id, device_id)
-        for session in await self.store.sessions(user_id=user_id):
-            if session.device_id == device_id:
-                await self._end_session(session)
+        await self._end_sessions(user_id, device_id)
         if access_token is not None:
             await self.oauth.revoke(access_token, "access_token")
         await self._delete_device(identity_of(user_id, device_id))
@@ -209,11 +220,7 @@ class LoginLayer:
     async def end_user(self, user_id: str, access_token: str | None) -> None:
         """``/logout/all``: every token of the user issued until now is refused, and every
         device the bridge made for the user is deleted."""
-        await self._record(user_id, None)
-        devices: set[str] = set()
-        for session in await self.store.sessions(user_id=user_id):
-            devices.add(session.device_id)
-            await self._end_session(session)
+        devices = set(await self._end_sessions(user_id, None))
         if access_token is not None:
             await self.oauth.revoke(access_token, "access_token")
         devices.update(await self.store.devices_of(user_id))
@@ -235,11 +242,6 @@ class LoginLayer:
         """Back-channel logout: end each device of the sessions the issuer ended."""
         for session in sessions:
             await self.end_device(session.user_id, session.device_id, None)
-
-    async def _end_session(self, session: LoginSession) -> None:
-        await self.store.delete_session(session.user_id, session.device_id)
-        if session.refresh_token is not None:
-            await self.oauth.revoke(session.refresh_token, "refresh_token")
 
     async def _delete_device(self, identity: Identity) -> None:
         try:

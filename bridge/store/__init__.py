@@ -102,8 +102,10 @@ class Store(Protocol):
         """The sessions matching every criterion given (at least one)."""
         ...
 
-    async def delete_session(self, user_id: str, device_id: str) -> None:
-        """Forget the device's session (nothing happens if there is none)."""
+    async def take_sessions(self, user_id: str, device_id: str | None) -> list[LoginSession]:
+        """Delete the device's session (``device_id`` None: every session of the user) and
+        return what was deleted, atomically: a refresh token swapped in meanwhile is the
+        one returned, never lost."""
         ...
 
     async def add_logout_moment(

@@ -384,14 +384,17 @@ class PostgresStore:
             )
         return [self._session(row) for row in rows]
 
-    async def delete_session(self, user_id: str, device_id: str) -> None:
-        """Forget the device's session."""
+    async def take_sessions(self, user_id: str, device_id: str | None) -> list[LoginSession]:
+        """Delete and return the device's (or user's) sessions, in one statement."""
         async with self._connection() as conn:
-            await conn.execute(
-                "DELETE FROM login_sessions WHERE user_id = $1 AND device_id = $2",
+            rows = await conn.fetch(
+                "DELETE FROM login_sessions WHERE user_id = $1"
+                " AND ($2::text IS NULL OR device_id = $2)"
+                " RETURNING user_id, device_id, sub, sid, refresh_ciphertext",
                 user_id,
                 device_id,
             )
+        return sorted((self._session(row) for row in rows), key=lambda x: x.device_id)
 
     async def add_logout_moment(
         self, user_id: str, device_id: str | None, not_before: int

@@ -425,13 +425,15 @@ class SqliteStore:
             )
         return [self._session(row) for row in rows]
 
-    async def delete_session(self, user_id: str, device_id: str) -> None:
-        """Forget the device's session."""
+    async def take_sessions(self, user_id: str, device_id: str | None) -> list[LoginSession]:
+        """Delete and return the device's (or user's) sessions, in one statement."""
         async with self._writing() as conn:
-            await conn.execute(
-                "DELETE FROM login_sessions WHERE user_id = ? AND device_id = ?",
-                (user_id, device_id),
+            rows = await conn.execute_fetchall(
+                "DELETE FROM login_sessions WHERE user_id = ? AND (? IS NULL OR device_id = ?)"
+                " RETURNING user_id, device_id, sub, sid, refresh_ciphertext",
+                (user_id, device_id, device_id),
             )
+        return sorted((self._session(row) for row in rows), key=lambda x: x.device_id)
 
     async def add_logout_moment(
         self, user_id: str, device_id: str | None, not_before: int

@@ -349,13 +349,16 @@ async def test_logout_refuses_the_token_at_once_revokes_it_and_deletes_the_devic
     assert not await introspect(http, issuer, session["refresh_token"])
 
 
+@pytest.mark.parametrize(("kind", "strategy"), STACKS, ids=[f"{h}-{s}" for h, s in STACKS])
 async def test_logout_all_ends_every_device_and_every_earlier_token(
     make_login_bridge: MakeLoginBridge,
     browser: HttpBrowser,
     http: aiohttp.ClientSession,
     login: Login,
+    kind: str,
+    strategy: str,
 ) -> None:
-    stack = await make_login_bridge()
+    stack = await make_login_bridge(kind, strategy)
     grace = new_localpart("grace")
     one = await sso_session(stack, browser, grace)
     other_browser = HttpBrowser()
@@ -376,7 +379,11 @@ async def test_logout_all_ends_every_device_and_every_earlier_token(
     for token in (one["access_token"], two["access_token"], native):
         status, answer = await whoami(stack, token)
         assert (status, answer["errcode"]) == (401, "M_UNKNOWN_TOKEN")
-    assert not {one["device_id"], two["device_id"]} & await stack.devices(http, user_id)
+    # Every device the bridge made: both SSO devices, and the OAuth-native client's
+    # (made on first sight).
+    assert not {one["device_id"], two["device_id"], "NATIVEDEV1"} & await stack.devices(
+        http, user_id
+    )
     for session in (one, two):
         resp = await stack.bridge.post(
             f"{V3}/refresh", json={"refresh_token": session["refresh_token"]}

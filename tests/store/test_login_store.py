@@ -74,9 +74,13 @@ async def test_sessions(store: StoreUnderTest) -> None:
     assert [x.user_id for x in await s.sessions(sid="sid-1")] == [ALICE, BOB]
     assert [x.device_id for x in await s.sessions(sid="sid-1", sub="sub-b")] == ["DEVC"]
     assert [x.device_id for x in await s.sessions(sub="sub-a")] == ["DEVA", "DEVB"]
-    await s.delete_session(ALICE, "DEVA")
+    taken = await s.take_sessions(ALICE, "DEVA")
+    assert taken == [LoginSession(ALICE, "DEVA", "sub-a", "sid-1", REFRESH)]
     assert await s.session_by_refresh(REFRESH) is None
     assert [x.device_id for x in await s.sessions(user_id=ALICE)] == ["DEVB"]
+    assert await s.take_sessions(ALICE, "DEVA") == []
+    assert [x.device_id for x in await s.take_sessions(ALICE, None)] == ["DEVB"]
+    assert [x.user_id for x in await s.sessions(sid="sid-1")] == [BOB]
 
 
 async def test_a_refresh_token_is_swapped_once(store: StoreUnderTest) -> None:
