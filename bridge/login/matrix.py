@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.auth.identity import Identity
 from bridge.auth.middleware import bearer_token
 from bridge.errors import BadRequest, Forbidden, MatrixError, MissingToken, UnknownToken
 from bridge.issuer.oauth import GrantRefused
@@ -114,7 +115,7 @@ async def _token_login(
     return web.json_response(issued.matrix_answer(client_document(request)))
 
 
-async def _still_valid(request: web.Request, access_token: str) -> Any:
+async def _still_valid(request: web.Request, access_token: str) -> Identity:
     """The identity of a token about to be handed out, which must not have been logged
     out meanwhile (a back-channel logout between the callback and now)."""
     identity = await request.app[AUTHENTICATOR].authenticate(access_token)
@@ -210,7 +211,7 @@ async def refresh(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-async def _logged_in(request: web.Request) -> tuple[str, Any]:
+async def _logged_in(request: web.Request) -> tuple[str, Identity]:
     token = bearer_token(request)
     if token is None:
         raise MissingToken("Missing access token")
