@@ -91,3 +91,8 @@ bench-deps:
 bench: install bench-deps
 	$(BIN)/python bench/proxy.py $(BENCH_ARGS)
 	$(BIN)/python bench/streaming.py $(STREAMING_ARGS)
+
+# Token validation (bench/README.md): Python only, no nginx or wrk needed.
+.PHONY: bench-auth
+bench-auth: install
+	$(BIN)/python bench/auth.py $(AUTH_ARGS)

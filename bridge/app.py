@@ -15,11 +15,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from bridge import USER_AGENT
-from bridge.auth.cache import CachedAuthenticator
-from bridge.auth.middleware import authenticate
+from bridge.auth.cache import CachedAuthenticator, cache_namespace
+from bridge.auth.jwt_access import JwtVerifier
+from bridge.auth.middleware import MAX_HEADER_FIELD, authenticate
 from bridge.auth.not_before import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
-from bridge.auth.verifier import ClaimRules, IntrospectionVerifier
+from bridge.auth.verifier import (
+    ClaimRules,
+    IntrospectionVerifier,
+    JwtThenIntrospection,
+    TokenVerifier,
+)
 from bridge.config import BridgeConfig
 from bridge.errors import IssuerUnavailable, error_response
 from bridge.homeserver.appservice import AppserviceClient
@@ -29,6 +35,7 @@ from bridge.homeserver.probe import check_strategy
 from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.introspection import Introspector
+from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.issuer.oauth import OAuthClient
@@ -59,6 +66,7 @@ from bridge.state import (
     PROVISIONING,
     RESET_APPROVALS,
     ROUTE_GROUP,
+    SIGNING_KEYS,
     STORE,
     STRATEGY,
     LiveSettings,
@@ -78,28 +86,57 @@ def _session(**kwargs: object) -> aiohttp.ClientSession:
 
 
 async def issuer_client(app: web.Application) -> AsyncIterator[None]:
-    """Issuer session, discovery (fetched now, refreshed in the background), token cache."""
+    """Issuer session, discovery and JWKS (fetched now, refreshed in the background),
+    the token verifier for ``issuer.validation``, and the token cache."""
     config = app[CONFIG]
+    issuer = config.issuer
     metrics = app[METRICS]
     async with _session() as session:
-        metadata = IssuerMetadata(session, config.issuer, metrics)
+        metadata = IssuerMetadata(session, issuer, metrics)
         try:
             await metadata.fetch()
         except IssuerUnavailable as e:
             log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
         app[ISSUER_METADATA] = metadata
         app[ISSUER_SESSION] = session
-        limit = app[ISSUER_LIMIT] = InflightLimit(config.issuer.max_inflight)
-        verifier = IntrospectionVerifier(
-            Introspector(session, metadata, config.issuer, limit, metrics),
-            ClaimRules.from_config(config),
+        limit = app[ISSUER_LIMIT] = InflightLimit(issuer.max_inflight)
+        rules = ClaimRules.from_config(config)
+        refreshing = [metadata.refresh_forever()]
+        verifier: TokenVerifier | None = None
+        if issuer.introspection is not None and issuer.validation != "jwt":
+            introspector = Introspector(session, metadata, issuer.introspection, limit, metrics)
+            verifier = IntrospectionVerifier(introspector, rules)
+        if issuer.validation != "introspection" or config.login is not None:
+            # JWT access tokens, and the login layer's ID and logout tokens.
+            keys = app[SIGNING_KEYS] = SigningKeys(
+                session,
+                metadata,
+                issuer,
+                limit,
+                max_unknown=config.token_cache.negative_max_size,
+                metrics=metrics,
+            )
+            if metadata.current is not None:
+                with contextlib.suppress(IssuerUnavailable):  # logged; retried
+                    await keys.fetch()
+            refreshing.append(keys.refresh_forever())
+        if issuer.validation != "introspection":
+            jwt_verifier = JwtVerifier(app[SIGNING_KEYS], metadata, config, rules)
+            verifier = (
+                jwt_verifier if verifier is None else JwtThenIntrospection(jwt_verifier, verifier)
+            )
+        assert verifier is not None  # the config requires introspection where it is needed
+        namespace = cache_namespace(issuer.validation, issuer.issuer)
+        app[AUTHENTICATOR] = CachedAuthenticator(
+            verifier, config.token_cache, metrics, namespace=namespace
         )
-        app[AUTHENTICATOR] = CachedAuthenticator(verifier, config.token_cache, metrics)
-        refresh = asyncio.create_task(metadata.refresh_forever())
+        tasks = [asyncio.create_task(refresh) for refresh in refreshing]
         yield
-        refresh.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresh
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # Seconds between samples of the gauges read from live state (cache sizes) with several
@@ -200,9 +237,9 @@ _SWEEP_INTERVAL = 60.0
 
 
 def signing_keys(app: web.Application) -> SigningKeySource | None:
-    """The issuer's JWKS, for ID and logout tokens; None until the bridge has a JWKS
-    cache (bridge.issuer), which back-channel logout then waits for (501)."""
-    return None
+    """The issuer's JWKS (:class:`bridge.issuer.jwks.SigningKeys`), for ID and logout
+    tokens: always there with a login section."""
+    return app.get(SIGNING_KEYS)
 
 
 async def login_layer(app: web.Application) -> AsyncIterator[None]:
@@ -222,7 +259,7 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         client_id=client_id,
         client_secret=client_secret,
         client_auth=client_auth,
-        timeout=config.issuer.introspection.timeout,
+        timeout=config.issuer.timeout,
         metrics=app[METRICS],
     )
     jwts = JwtChecks(
@@ -393,7 +430,12 @@ def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Appl
     """The client-facing application for ``config`` (``metrics``: a fresh set unless
     given)."""
     metrics = metrics if metrics is not None else Metrics()
-    app = web.Application(middlewares=[front_middleware(metrics, RequestIDs())])
+    # A header field up to MAX_HEADER_FIELD is read, so that an absurd token gets a
+    # Matrix 401 from the auth middleware rather than a bare 400 from the parser.
+    app = web.Application(
+        middlewares=[front_middleware(metrics, RequestIDs())],
+        handler_args={"max_field_size": MAX_HEADER_FIELD},
+    )
     app[CONFIG] = config
     app[METRICS] = metrics
     app[LIVE] = LiveSettings.from_config(config)

@@ -51,6 +51,9 @@ from pydantic_core import ErrorDetails
 from bridge.errors import ConfigError
 
 IntrospectionAuth = Literal["client_secret_basic", "client_secret_post", "mas_shared_secret"]
+# How access tokens are judged: RFC 7662 introspection, RFC 9068 JWTs checked
+# locally, or JWTs locally and anything that is not a JWT by introspection.
+Validation = Literal["introspection", "jwt", "jwt_then_introspection"]
 IssuerKind = Literal["oidc", "mas"]
 Strategy = Literal["device_login", "masquerade"]
 StoreKind = Literal["sqlite", "postgres"]
@@ -405,6 +408,7 @@ class IntrospectionConfig(Section):
     client_id: Text | None = None
     """Required unless auth is mas_shared_secret."""
     timeout: Annotated[Seconds, Field(ge=0.1)] = 10.0
+    """Seconds; default: issuer.timeout."""
 
     @model_validator(mode="before")
     @classmethod
@@ -418,12 +422,50 @@ class IntrospectionConfig(Section):
         return self
 
 
+# JWS algorithms a JWT access token may be signed with. Never ``none`` nor an
+# HMAC (HS*): a shared secret the issuer also publishes is no signature.
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def _jwt_algorithms(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if value not in JWT_ALGORITHMS:
+            # none and HS*: a token anyone holding the public key could sign.
+            allowed = ", ".join(sorted(JWT_ALGORITHMS))
+            raise ValueError(f"{value!r} is not allowed (one of {allowed})")
+    return values
+
+
+class JwtConfig(Section):
+    """RFC 9068 JWT access tokens, checked against the issuer's JWKS (``jwks_uri``)."""
+
+    algorithms: Annotated[tuple[Text, ...], AfterValidator(_jwt_algorithms)] = (
+        "RS256",
+        "PS256",
+        "ES256",
+        "EdDSA",
+    )
+    """The allow-list; none and HMAC algorithms are refused."""
+    require_typ: Flag = True
+    """typ at+jwt (or application/at+jwt), RFC 9068 2.1; false for an issuer that does not
+    set it (ID tokens are then told apart by their claims)."""
+    jwks_refresh_interval: Annotated[Seconds, Field(ge=10.0)] = 300.0
+    """Seconds between background refreshes of the JWKS."""
+    jwks_refetch_cooldown: Annotated[Seconds, Field(ge=0.1)] = 10.0
+    """A kid the JWKS lacks causes one shared refetch, then none for this long."""
+    unknown_kid_ttl: Seconds = 60.0
+    """Seconds a kid that a refetch did not find is refused without fetching; 0 disables."""
+
+
 class IssuerConfig(Section):
     """The upstream OAuth/OIDC issuer (MAS, or any server with DCR and device scopes)."""
 
     issuer: HttpURL
     """The issuer exactly as its discovery document states it (trailing slash and all)."""
-    introspection: IntrospectionConfig
+    introspection: IntrospectionConfig | None = None
+    """Required unless validation is jwt (with kind: oidc): nothing to introspect then."""
     kind: IssuerKind = "oidc"
     """mas: matrix-authentication-service (matrix.kind: synapse). The bridge then serves
     MAS's homeserver provisioning API (/_synapse/mas/*), authenticated by MAS's
@@ -441,17 +483,48 @@ class IssuerConfig(Section):
     client_ids: tuple[Text, ...] = ()
     """When not empty, a token's client_id must be one of these (changeable by SIGHUP)."""
     max_inflight: Annotated[Count, Field(ge=1)] = 64
-    """Validations that may wait on the issuer at once; beyond, 503 at once."""
+    """Validations (introspections, JWKS fetches) that may wait on the issuer at once;
+    beyond, 503 at once."""
+    validation: Validation = "introspection"
+    """introspection (RFC 7662), jwt (RFC 9068 access tokens checked against the JWKS),
+    or jwt_then_introspection (a token that is not a JWT is introspected)."""
+    timeout: Annotated[Seconds, Field(ge=0.1)] = 10.0
+    """Seconds any call to the issuer may take (discovery, JWKS; introspection unless
+    introspection.timeout says otherwise)."""
+    leeway: Annotated[Seconds, Field(le=300.0)] = 30.0
+    """Seconds of clock skew allowed on exp, nbf and iat (JWTs and introspection)."""
+    jwt: JwtConfig = JwtConfig()
 
     @model_validator(mode="before")
     @classmethod
-    def _compat_url_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("compat_url") is None and "issuer" in data:
+    def _defaults_from_the_issuer(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("compat_url") is None and "issuer" in data:
             data = {**data, "compat_url": data["issuer"]}
+        intro, timeout = data.get("introspection"), data.get("timeout")
+        if (
+            isinstance(intro, dict)
+            and "timeout" not in intro
+            and isinstance(timeout, int | float)
+            and not isinstance(timeout, bool)
+            and timeout >= 0.1  # else the error is issuer.timeout's alone
+        ):
+            data = {**data, "introspection": {**intro, "timeout": timeout}}
         return data
 
     @model_validator(mode="after")
     def _checks(self) -> IssuerConfig:
+        if self.introspection is None:
+            if self.kind == "mas":
+                raise SettingError("introspection", "is required with kind: mas")
+            if self.validation == "jwt_then_introspection":
+                raise SettingError(
+                    "introspection", "is required with validation: " + self.validation
+                )
+            if self.validation != "jwt":
+                raise SettingError("introspection", "is required")
+            return self
         if self.kind == "mas" and self.introspection.auth != "mas_shared_secret":
             raise SettingError(
                 "introspection.auth",
@@ -464,12 +537,16 @@ class TokenCacheConfig(Section):
     """Bounds of the validated-token cache (changeable by SIGHUP)."""
 
     max_size: Annotated[Count, Field(ge=1)] = 10_000
-    max_ttl: Annotated[Seconds, Field(ge=1.0)] = 300.0
-    """Seconds; never longer than the token's own expiry."""
+    max_ttl: Annotated[Seconds, Field(ge=1.0)] = 120.0
+    """Seconds (Synapse's own maximum in MAS mode); never longer than the token's own
+    expiry, and a hit never extends an entry."""
     negative_ttl: Seconds = 10.0
     """Seconds an inactive token is remembered; 0 disables."""
     negative_max_size: Annotated[Count, Field(ge=1)] = 10_000
     """Inactive tokens are kept apart, so garbage never evicts a live session."""
+    stale_if_error: Flag = True
+    """While the issuer cannot answer, a session validated before may be served past
+    max_ttl, until the token's own expiry and never beyond."""
 
 
 class WellKnownConfig(Section):
@@ -620,16 +697,18 @@ class LoginConfig(Section):
     def _secret_files(cls, data: Any) -> Any:
         return _secrets_from_files(data, ("client_secret",))
 
-    def client(self, introspection: IntrospectionConfig) -> tuple[str, str, str]:
+    def client(self, introspection: IntrospectionConfig | None) -> tuple[str, str, str]:
         """(client_id, client_secret, client_auth), the introspection client's by default."""
-        client_id = self.client_id or introspection.client_id
-        secret = self.client_secret or introspection.client_secret
+        client_id = self.client_id or (introspection.client_id if introspection else None)
+        secret = self.client_secret or (introspection.client_secret if introspection else None)
         default_auth = (
             introspection.auth
-            if introspection.auth != "mas_shared_secret"
+            if introspection is not None and introspection.auth != "mas_shared_secret"
             else "client_secret_basic"
         )
-        assert client_id is not None  # checked by BridgeConfig
+        # Both checked by BridgeConfig.
+        assert client_id is not None
+        assert secret is not None
         return client_id, secret, self.client_auth or default_auth
 
 
@@ -678,8 +757,15 @@ class BridgeConfig(Section):
                 raise SettingError(
                     "login", "needs the store section (login tokens, sessions and logouts)"
                 )
-            if self.login.client_id is None and self.issuer.introspection.client_id is None:
+            introspection = self.issuer.introspection
+            if self.login.client_id is None and (
+                introspection is None or introspection.client_id is None
+            ):
                 raise SettingError("login.client_id", "is required (the introspection has none)")
+            if self.login.client_secret is None and introspection is None:
+                raise SettingError(
+                    "login.client_secret", "is required (there is no introspection client)"
+                )
         return self
 
 

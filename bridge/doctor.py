@@ -62,9 +62,9 @@ class Findings:
 
 
 def jwt_access_tokens(config: BridgeConfig) -> bool:
-    """Whether the bridge validates JWT access tokens itself (RFC 9068) rather than by
-    introspection. Not configurable yet: JWT validation is issue 9's, which sets this."""
-    return getattr(config.issuer, "access_token_format", "opaque") == "jwt"
+    """Whether the bridge validates JWT access tokens itself (RFC 9068), alone or before
+    introspection (``issuer.validation``)."""
+    return config.issuer.validation != "introspection"
 
 
 class Doctor:
@@ -105,7 +105,10 @@ class Doctor:
             await self.check("issuer JWKS", self.jwks, needs=no_discovery)
         else:
             self.line(SKIP, "issuer JWKS: not used (opaque access tokens, by introspection)")
-        await self.check("introspection credentials", self.introspection, needs=no_discovery)
+        if self.config.issuer.introspection is not None:
+            await self.check("introspection credentials", self.introspection, needs=no_discovery)
+        else:
+            self.line(SKIP, "introspection credentials: not used (validation: jwt)")
         await self.check("homeserver", self.homeserver)
         no_homeserver = None if found.homeserver_up else "the homeserver is unreachable"
         await self.check("appservice as_token", self.as_token, needs=no_homeserver)
@@ -159,6 +162,7 @@ class Doctor:
         assert self.found.discovery is not None
         url = self.found.discovery.get("introspection_endpoint")
         cfg = self.config.issuer.introspection
+        assert cfg is not None  # checked by run
         if not isinstance(url, str):
             raise CheckFailed(
                 "the discovery document has no introspection_endpoint",

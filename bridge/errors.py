@@ -6,7 +6,7 @@ Hierarchy::
      ├── ConfigError            bad configuration; the CLI exits with code 11
      └── MatrixError            anything a client sees: errcode + HTTP status
           ├── MissingToken          401 M_MISSING_TOKEN
-          ├── UnknownToken          401 M_UNKNOWN_TOKEN (logs the client out)
+          ├── UnknownToken          401 M_UNKNOWN_TOKEN + soft_logout (logs the client out)
           ├── BadRequest            400 (M_INVALID_PARAM unless told otherwise)
           ├── Forbidden             403 M_FORBIDDEN
           ├── NotFound              404 M_UNRECOGNIZED
@@ -90,8 +90,16 @@ class MissingToken(MatrixError):
 
 
 class UnknownToken(MatrixError):
+    """The token is not (or no longer) valid. ``soft_logout`` (in the body, as the
+    spec has it) is true for a token that merely expired: the client may refresh
+    it and keep its device; false for a revoked, unknown or malformed one."""
+
     status = 401
     errcode = "M_UNKNOWN_TOKEN"
+
+    def __init__(self, message: str, *, soft_logout: bool = False) -> None:
+        super().__init__(message, extra={"soft_logout": soft_logout})
+        self.soft_logout = soft_logout
 
 
 class BadRequest(MatrixError):

@@ -215,13 +215,22 @@ class Forwarder:
         """Whether forwarded requests carry the appservice's identity (see the strategy)."""
         return self._strategy.appservice_power
 
+    def appservice_power_for(self, identity: Identity | None) -> bool:
+        """Whether ``identity``'s requests carry the appservice's identity: under
+        ``masquerade`` always; under ``device_login`` for a device-less token, which
+        has no device token to act with and acts as the user through the appservice."""
+        return identity is not None and (
+            self._strategy.appservice_power or identity.device_id is None
+        )
+
     def transaction_tag(self, identity: Identity) -> str:
         """The prefix of this device's transaction IDs on the homeserver (masquerade).
 
         Fixed-length, so that tag + ID is unique per (user, device, ID); a keyed
-        hash, so that nobody can write another device's.
+        hash, so that nobody can write another device's. A device-less token's
+        tag is the user's own (no device ID is empty).
         """
-        return _tag(self._txn_key, identity.user_id, identity.device_id)
+        return _tag(self._txn_key, identity.user_id, identity.device_id or "")
 
     def transaction_id(self, identity: Identity, txn_id: str) -> str:
         """The homeserver-side transaction ID for the client's ``txn_id``."""
@@ -236,9 +245,10 @@ class Forwarder:
         appservice: bool = False,
     ) -> URL:
         raw_path = request.rel_url.raw_path
+        powered = self.appservice_power_for(identity)
         if (
             identity is not None
-            and self._strategy.appservice_power
+            and powered
             and request.method == "PUT"
             and (m := _TXN_PATH.match(raw_path))
         ):
@@ -246,7 +256,7 @@ class Forwarder:
             raw_path = m["head"] + self.transaction_tag(identity) + m["txn"]
         query = request.rel_url.raw_query_string
         if query:
-            stripped = STRIPPED_QUERY if appservice else self._stripped
+            stripped = STRIPPED_QUERY if appservice or powered else self._stripped
             if "ts" in stripped and _TS_IS_A_PARAMETER.match(raw_path):
                 stripped = stripped - {"ts"}
             query = _kept_query(query, stripped)
@@ -342,7 +352,7 @@ class Forwarder:
         tag = None
         if (
             identity is not None
-            and self._strategy.appservice_power
+            and self.appservice_power_for(identity)
             and not _MEDIA.match(request.rel_url.raw_path)
         ):
             tag = self.transaction_tag(identity).encode()
@@ -384,7 +394,7 @@ class Forwarder:
 
     def _refuse_if_logged_out(self, identity: Identity) -> None:
         if self.logged_out(identity):
-            raise UnknownToken("Token has been logged out", extra={"soft_logout": False})
+            raise UnknownToken("Token has been logged out")
 
     def _route(self, request: web.Request) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
         """The pool and the read timeout: a long poll waits for its own ``timeout``."""

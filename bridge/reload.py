@@ -24,7 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.auth.verifier import IntrospectionVerifier
+from bridge.auth.jwt_access import JwtVerifier
+from bridge.auth.verifier import IntrospectionVerifier, JwtThenIntrospection
 from bridge.config import BridgeConfig, LoggingConfig, load_config
 from bridge.errors import ConfigError, IssuerUnavailable
 from bridge.state import AUTHENTICATOR, CONFIG, ISSUER_METADATA, LIVE
@@ -137,11 +138,18 @@ class Reloader:
         authenticator = self._app.get(AUTHENTICATOR)
         if authenticator is not None:
             authenticator.reconfigure(new.token_cache)
-            verifier = authenticator.verifier
-            if isinstance(verifier, IntrospectionVerifier):
-                verifier.rules = dataclasses.replace(
-                    verifier.rules,
-                    audiences=frozenset(new.issuer.audiences),
-                    client_ids=frozenset(new.issuer.client_ids),
-                )
+            top = authenticator.verifier
+            verifiers = (
+                [top.jwt, top.introspection] if isinstance(top, JwtThenIntrospection) else [top]
+            )
+            for verifier in verifiers:
+                if isinstance(verifier, IntrospectionVerifier | JwtVerifier):
+                    verifier.rules = dataclasses.replace(
+                        verifier.rules,
+                        audiences=frozenset(new.issuer.audiences),
+                        client_ids=frozenset(new.issuer.client_ids),
+                    )
+                if isinstance(verifier, JwtVerifier):
+                    # A JWT's aud is always checked: against public_baseurl by default.
+                    verifier.audiences = list(new.issuer.audiences) or [new.public_baseurl]
         self._running = running_config(self._running, new)

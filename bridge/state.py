@@ -15,6 +15,7 @@ from bridge.config import BridgeConfig, WellKnownConfig
 from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
+from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.login.service import LoginLayer
@@ -50,6 +51,8 @@ PROVISIONING = web.AppKey("provisioning", Provisioning)
 # The issuer's pooled session and the bound on calls in flight to it.
 ISSUER_SESSION = web.AppKey("issuer_session", aiohttp.ClientSession)
 ISSUER_LIMIT = web.AppKey("issuer_limit", InflightLimit)
+# The issuer's JWKS: with JWT access tokens or the login layer (its ID and logout tokens).
+SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 STRATEGY = web.AppKey("strategy", IdentityStrategy)
 APPSERVICE = web.AppKey("appservice", AppserviceClient)
 # Logout moments (always there; empty unless the login layer records some).

@@ -2,10 +2,13 @@
 
 They are served with pytest-aiohttp's ``aiohttp_server`` and programmed per test:
 
-- :class:`FakeIssuer` serves a discovery document and an introspection endpoint. Tokens
-  it knows (``issuer.tokens``) introspect as active with their claims, any other as
-  ``{"active": false}``; ``issuer.fault`` replaces every answer (status, body, delay).
-  Every introspection request is recorded (headers and form).
+- :class:`FakeIssuer` serves a discovery document, an introspection endpoint and a JWKS.
+  Tokens it knows (``issuer.tokens``) introspect as active with their claims, any other
+  as ``{"active": false}``; ``issuer.fault`` replaces every introspection answer
+  (status, body, delay), ``issuer.jwks_fault`` every JWKS answer. Every introspection
+  request is recorded (headers and form), JWKS requests counted. ``issuer.sign()``
+  makes JWT access tokens with its keys (:class:`SigningKey`, RS256 and ES256 at
+  first; ``issuer.rotate()`` adds one and signs with it from then on).
 - :class:`FakeHomeserver` records every request (method, raw path, query, headers, body),
   answers the appservice's ``POST /register`` and ``PUT /devices/{id}`` itself, and
   answers everything else with ``homeserver.answer``.
@@ -17,15 +20,20 @@ serves ``create_app(config)`` and returns a test client for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jwt
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from multidict import CIMultiDict, MultiDict
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
@@ -79,10 +87,18 @@ class Fault:
     body: bytes = b"{}"
     content_type: str = "application/json"
     delay: float = 0.0
+    headers: Mapping[str, str] | None = None
 
     @classmethod
-    def json(cls, document: object, *, status: int = 200, delay: float = 0.0) -> Fault:
-        return cls(status=status, body=json.dumps(document).encode(), delay=delay)
+    def json(
+        cls,
+        document: object,
+        *,
+        status: int = 200,
+        delay: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Fault:
+        return cls(status=status, body=json.dumps(document).encode(), delay=delay, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -93,8 +109,45 @@ class IntrospectionRequest:
     form: MultiDict[str]
 
 
+@functools.cache
+def _private_key(kind: str, n: int) -> Any:
+    """The ``n``-th private key of a kind, made once per test session (RSA is slow)."""
+    if kind == "RSA":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "P-256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "P-384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if kind == "Ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(kind)
+
+
+_KIND = {"RS256": "RSA", "PS256": "RSA", "ES256": "P-256", "ES384": "P-384", "EdDSA": "Ed25519"}
+
+
+@dataclass
+class SigningKey:
+    """One of the fake issuer's keys: ``jwk`` is what its JWKS publishes."""
+
+    kid: str
+    alg: str
+    private: Any
+    jwk: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, alg: str, kid: str, n: int = 0, *, publish_alg: bool = True) -> SigningKey:
+        kind = _KIND[alg]
+        private = _private_key(kind, n)
+        exporter = {"RSA": RSAAlgorithm, "Ed25519": OKPAlgorithm}.get(kind, ECAlgorithm)
+        public = exporter.to_jwk(private.public_key(), as_dict=True)
+        public.update({"kid": kid, "use": "sig", **({"alg": alg} if publish_alg else {})})
+        return cls(kid, alg, private, public)
+
+
 class FakeIssuer:
-    """Discovery at ``/.well-known/openid-configuration``; introspection at ``/oauth2/introspect``.
+    """Discovery at ``/.well-known/openid-configuration``; introspection at
+    ``/oauth2/introspect``; the JWKS at ``/oauth2/keys``.
 
     ``url`` is the issuer identifier, with its trailing slash.
     """
@@ -107,7 +160,19 @@ class FakeIssuer:
         self.discovery_issuer: str | None = None
         self.discovery_extra: dict[str, object] = {}
         self.discovery_requests = 0
+        self.discovery_delay = 0.0
         self.introspections: list[IntrospectionRequest] = []
+        # Introspections being answered now, and the most ever at once.
+        self.introspecting = 0
+        self.max_introspecting = 0
+        self.introspection_delay = 0.0
+        self.keys: list[SigningKey] = [
+            SigningKey.make("RS256", "rs-1"),
+            SigningKey.make("ES256", "es-1"),
+        ]
+        self.jwks_fault: Fault | None = None
+        self.jwks_requests = 0
+        self.jwks_delay = 0.0
 
     @classmethod
     async def start(cls, aiohttp_server: AiohttpServer) -> FakeIssuer:
@@ -120,6 +185,7 @@ class FakeIssuer:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_post("/oauth2/introspect", self._introspect)
+        app.router.add_get("/oauth2/keys", self._jwks)
         return app
 
     @property
@@ -132,15 +198,97 @@ class FakeIssuer:
             "authorization_endpoint": self.url + "oauth2/authorize",
             "token_endpoint": self.url + "oauth2/token",
             "introspection_endpoint": self.introspection_endpoint,
+            "jwks_uri": self.url + "oauth2/keys",
             "response_types_supported": ["code"],
             **self.discovery_extra,
         }
 
+    # -- JWT access tokens ----------------------------------------------------------
+
+    def key(self, alg: str = "RS256") -> SigningKey:
+        """The newest published key for ``alg``."""
+        return next(k for k in self.keys if k.alg == alg)
+
+    def rotate(self, alg: str = "RS256", *, n: int = 1) -> SigningKey:
+        """Publish a new key for ``alg`` in front of the others, and sign with it."""
+        key = SigningKey.make(alg, f"{alg.lower()}-{secrets.token_hex(4)}", n)
+        self.keys.insert(0, key)
+        return key
+
+    def access_claims(
+        self,
+        username: str = "alice",
+        device_id: str | None = "DEVA",
+        *,
+        audience: object = PUBLIC_BASEURL,
+        lifetime: float = 3600,
+        **extra: object,
+    ) -> dict[str, Any]:
+        """RFC 9068 claims of a valid client-API access token from this issuer."""
+        now = int(time.time())
+        device = f" urn:matrix:client:device:{device_id}" if device_id else ""
+        claims: dict[str, Any] = {
+            "iss": self.url,
+            "sub": username,
+            "aud": audience,
+            "exp": int(now + lifetime),
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "client_id": "element",
+            "scope": f"openid urn:matrix:client:api:*{device}",
+            "username": username,
+            **extra,
+        }
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def sign(
+        self,
+        claims: Mapping[str, Any] | None = None,
+        *,
+        alg: str = "RS256",
+        key: SigningKey | None = None,
+        typ: str | None = "at+jwt",
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A JWT of ``claims`` (default :meth:`access_claims`) signed with ``key`` (default
+        the newest for ``alg``), with ``typ`` and its ``kid`` in the header."""
+        key = key or self.key(alg)
+        header = {"kid": key.kid, "typ": typ, **(headers or {})}
+        payload = dict(claims if claims is not None else self.access_claims())
+        return jwt.encode(payload, key.private, algorithm=key.alg, headers=header)
+
+    def jwks(self) -> dict[str, object]:
+        return {"keys": [k.jwk for k in self.keys]}
+
+    # -- handlers -------------------------------------------------------------------
+
     async def _discovery(self, _request: web.Request) -> web.Response:
         self.discovery_requests += 1
+        await asyncio.sleep(self.discovery_delay)
         return web.json_response(self.discovery_document())
 
+    async def _jwks(self, _request: web.Request) -> web.Response:
+        self.jwks_requests += 1
+        await asyncio.sleep(self.jwks_delay)
+        if self.jwks_fault is not None:
+            await asyncio.sleep(self.jwks_fault.delay)
+            return web.Response(
+                status=self.jwks_fault.status,
+                body=self.jwks_fault.body,
+                content_type=self.jwks_fault.content_type,
+                headers=self.jwks_fault.headers,
+            )
+        return web.json_response(self.jwks())
+
     async def _introspect(self, request: web.Request) -> web.Response:
+        self.introspecting += 1
+        self.max_introspecting = max(self.max_introspecting, self.introspecting)
+        try:
+            return await self._introspection_answer(request)
+        finally:
+            self.introspecting -= 1
+
+    async def _introspection_answer(self, request: web.Request) -> web.Response:
         form = await request.post()
         self.introspections.append(
             IntrospectionRequest(
@@ -148,12 +296,14 @@ class FakeIssuer:
                 form=MultiDict((k, v) for k, v in form.items() if isinstance(v, str)),
             )
         )
+        await asyncio.sleep(self.introspection_delay)
         if self.fault is not None:
             await asyncio.sleep(self.fault.delay)
             return web.Response(
                 status=self.fault.status,
                 body=self.fault.body,
                 content_type=self.fault.content_type,
+                headers=self.fault.headers,
             )
         token = form.get("token")
         claims = self.tokens.get(token) if isinstance(token, str) else None

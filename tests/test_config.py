@@ -62,7 +62,12 @@ def test_minimal_document() -> None:
     assert config.appservice.sender_localpart == "oidc-bridge"
     assert config.issuer.introspection.auth == "client_secret_basic"
     assert config.issuer.localpart_claim == "username"
-    assert config.token_cache.max_ttl == 300.0
+    assert config.token_cache.max_ttl == 120.0
+    assert config.token_cache.stale_if_error is True
+    assert config.issuer.validation == "introspection"
+    assert config.issuer.leeway == 30.0
+    assert config.issuer.timeout == 10.0
+    assert config.issuer.jwt.algorithms == ("RS256", "PS256", "ES256", "EdDSA")
     assert config.listen.port == 8008
 
 
@@ -209,6 +214,19 @@ def test_bad_url(key: str, url: str) -> None:
         ("appservice.as_token", "", "non-empty string"),
         ("issuer.introspection.auth", "none", "must be one of"),
         ("issuer.introspection.timeout", 0, "at least 0.1"),
+        ("issuer.validation", "jwks", "must be one of introspection, jwt, jwt_then_introspection"),
+        ("issuer.timeout", 0, "at least 0.1"),
+        ("issuer.leeway", -1, "at least 0"),
+        ("issuer.leeway", 3600, "at most 300"),
+        ("issuer.jwt.algorithms", ["none"], "'none' is not allowed"),
+        ("issuer.jwt.algorithms", ["RS256", "HS256"], "'HS256' is not allowed"),
+        ("issuer.jwt.algorithms", ["HS512"], "'HS512' is not allowed"),
+        ("issuer.jwt.algorithms", "RS256", "must be a list"),
+        ("issuer.jwt.require_typ", "no", "must be true or false"),
+        ("issuer.jwt.jwks_refetch_cooldown", 0, "at least 0.1"),
+        ("issuer.jwt.jwks_refresh_interval", 1, "at least 10"),
+        ("issuer.jwt.unknown_kid_ttl", -1, "at least 0"),
+        ("token_cache.stale_if_error", "yes", "must be true or false"),
         ("well_known.client_extra", ["m.identity_server"], "mapping with string keys"),
     ],
 )
@@ -216,6 +234,46 @@ def test_bad_value(key: str, value: object, problem: str) -> None:
     error = config_error(with_value(key, value))
     assert error.key == key
     assert problem in error.problem
+
+
+def test_jwt_validation_needs_no_introspection() -> None:
+    doc = with_value("issuer.validation", "jwt")
+    del doc["issuer"]["introspection"]
+    config = parse_config(doc)
+    assert config.issuer.introspection is None
+    assert config.issuer.validation == "jwt"
+
+
+@pytest.mark.parametrize("validation", ["introspection", "jwt_then_introspection"])
+def test_introspecting_validations_need_introspection(validation: str) -> None:
+    doc = with_value("issuer.validation", validation)
+    del doc["issuer"]["introspection"]
+    assert config_error(doc).key == "issuer.introspection"
+
+
+def test_introspection_timeout_defaults_to_the_issuer_timeout() -> None:
+    config = parse_config(with_value("issuer.timeout", 3))
+    assert config.issuer.timeout == 3
+    assert config.issuer.introspection is not None
+    assert config.issuer.introspection.timeout == 3
+
+
+def test_jwt_settings() -> None:
+    doc = with_value(
+        "issuer.jwt",
+        {
+            "algorithms": ["ES256", "PS384"],
+            "require_typ": False,
+            "jwks_refresh_interval": 60,
+            "jwks_refetch_cooldown": 2,
+            "unknown_kid_ttl": 0,
+        },
+    )
+    jwt = parse_config(doc).issuer.jwt
+    assert jwt.algorithms == ("ES256", "PS384")
+    assert (jwt.require_typ, jwt.jwks_refresh_interval) == (False, 60)
+    assert (jwt.jwks_refetch_cooldown, jwt.unknown_kid_ttl) == (2, 0)
+    assert config_error(with_value("issuer.jwt.kid_ttl", 1)).key == "issuer.jwt.kid_ttl"
 
 
 @pytest.mark.parametrize(

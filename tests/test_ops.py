@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -16,6 +17,8 @@ from bridge import metrics as m
 from bridge.app import create_app
 from bridge.metrics import PREFIX
 from bridge.ops import create_ops_app
+from bridge.reload import Reloader
+from bridge.systemd import Notifier
 from tests.fakes import (
     BridgeClient,
     FakeHomeserver,
@@ -338,3 +341,32 @@ async def test_requests_in_flight_counts_a_request_being_answered(
     release.set()
     assert (await pending).status == 200
     assert value(await scrape(ops), PREFIX + "requests_in_flight") == 0
+
+
+async def test_jwt_mode_counts_jwks_fetches_and_reload_changes_the_jwt_audiences(
+    aiohttp_client: AiohttpClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    config = bridge_config(issuer.url, homeserver.url, {"issuer": {"validation": "jwt"}})
+    app = create_app(config)
+    bridge = await aiohttp_client(app)
+    ops = await aiohttp_client(create_ops_app(app))
+    elsewhere = "https://elsewhere.example.test/"
+    for_elsewhere = issuer.sign(issuer.access_claims(audience=elsewhere))
+    assert (await bridge.get(WHOAMI, headers=auth(issuer.sign()))).status == 200
+    assert (await bridge.get(WHOAMI, headers=auth(for_elsewhere))).status == 401
+    samples = await scrape(ops)
+    assert value(samples, PREFIX + "issuer_requests_total", call="jwks", outcome="ok") >= 1
+    assert value(samples, PREFIX + "issuer_request_duration_seconds_count", call="jwks") >= 1
+    validations = PREFIX + "token_validations_total"
+    assert value(samples, validations, outcome="valid") == 1
+    assert value(samples, validations, outcome="wrong_audience") == 1
+
+    # SIGHUP's apply: the new audiences hold for the JWT verifier too.
+    reloaded = bridge_config(
+        issuer.url, homeserver.url, {"issuer": {"validation": "jwt", "audiences": [elsewhere]}}
+    )
+    Reloader(app, Path("unused.yaml"), Notifier(""), lambda _logging: None).apply(reloaded)
+    fresh_for_elsewhere = issuer.sign(issuer.access_claims(audience=elsewhere, jti="other"))
+    assert (await bridge.get(WHOAMI, headers=auth(fresh_for_elsewhere))).status == 200
+    fresh_for_us = issuer.sign(issuer.access_claims(jti="ours"))
+    assert (await bridge.get(WHOAMI, headers=auth(fresh_for_us))).status == 401

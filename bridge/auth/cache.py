@@ -1,10 +1,27 @@
 """The validated-token cache, in front of any :class:`TokenVerifier`.
 
-Keys are SHA-256 digests of the token, never the token. A positive answer is
-kept for min(configured maximum, time left on the token); a negative one for
-a short while, in a cache of its own, so that any number of made-up tokens
-can never push a live session out; an issuer failure is never kept.
-Concurrent requests with the same unknown token share one verification.
+The policy (README, "Token cache"):
+
+- **Key**: SHA-256 of (validation mode, issuer, token). The token itself is
+  never kept, and an answer given under one mode or issuer never answers
+  another, even when two authenticators share one :class:`TokenCache`.
+- **Fresh** for min(``max_ttl``, the token's ``exp`` - now) from the moment it
+  was validated. A hit never extends an entry. At most ``max_size`` sessions,
+  the least recently used evicted first.
+- **Refusals** (inactive, expired, malformed, forbidden) are kept for
+  ``negative_ttl``, in a bounded cache of their own, so that any number of
+  made-up tokens can never push a live session out.
+- **Issuer failures** (:class:`IssuerUnavailable`: transport errors,
+  timeouts, 5xx, 429, malformed answers) are never kept.
+- **Stale if error** (``stale_if_error``): a session past its freshness is
+  kept until its token's own ``exp``; when revalidating it finds the issuer
+  unavailable, the session is served rather than a 503, never past ``exp``,
+  and the issuer is asked again at most every ``Retry-After`` seconds.
+- **Single flight**: concurrent validations of one token share one call.
+
+The hit path (:meth:`CachedAuthenticator.cached`) is one SHA-256, one dict
+lookup and one clock comparison: plain ordered dicts with explicit deadlines,
+because cachetools' TLRU alone costs about 5 µs a hit.
 
 Cached sessions are indexed by user and device, so that when the
 authentication service ends a device or a user (MAS's ``delete_device``,
@@ -15,13 +32,12 @@ once, not when its entry expires (:meth:`CachedAuthenticator.forget_device`,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
-
-from cachetools import TLRUCache, TTLCache
+from collections import OrderedDict
+from typing import TypeAlias
 
 from bridge.auth.identity import Identity
 from bridge.auth.verifier import TokenVerifier, Verdict
@@ -32,174 +48,280 @@ from bridge.singleflight import SingleFlight
 
 log = logging.getLogger("bridge.auth")
 
-
-def token_key(token: str) -> bytes:
-    """The cache key of a token: its SHA-256 digest."""
-    return hashlib.sha256(token.encode()).digest()
-
-
-def _deadline(_key: bytes, entry: tuple[Verdict, float], _now: float) -> float:
-    return entry[1]
+# identity, fresh until, usable until (both time.monotonic()), the token's exp
+# (Unix time) or None. A tuple: the hit path reads it by index, cheaply.
+_Session: TypeAlias = tuple[Identity, float, float, float | None]
 
 
-class _Sessions(TLRUCache[bytes, tuple[Verdict, float]]):
-    """The positive cache; counts the live sessions it pushes out when full (its
-    ``popitem``; expiry goes through ``expire``, which is not an eviction)."""
-
-    on_evict: Callable[[], Any] = staticmethod(lambda: None)
-
-    def popitem(self) -> tuple[bytes, tuple[Verdict, float]]:
-        item = super().popitem()
-        self.on_evict()
-        return item
+def cache_namespace(validation: str, issuer: str) -> bytes:
+    """What goes into every key before the token: the validation mode and the issuer."""
+    return f"{validation}\0{issuer}\0".encode()
 
 
-class CachedAuthenticator:
-    """Token → :class:`Identity`, through a bounded TTL cache and single-flight."""
+def token_key(token: str, namespace: bytes = b"") -> bytes:
+    """The cache key of a token: SHA-256 of its namespace and the token."""
+    return hashlib.sha256(namespace + token.encode()).digest()
 
-    def __init__(
-        self, verifier: TokenVerifier, config: TokenCacheConfig, metrics: Metrics | None = None
-    ) -> None:
-        self._verifier = verifier
-        metrics = metrics if metrics is not None else Metrics()
-        self._hit = metrics.cache_lookup["hit"]
-        self._negative_hit = metrics.cache_lookup["negative_hit"]
-        self._miss = metrics.cache_lookup["miss"]
-        self._validations = metrics.validation
-        self._evictions = metrics.token_cache_evictions
-        self._configure(config)
-        entries = metrics.token_cache_entries
-        positive, negative = entries.labels("positive"), entries.labels("negative")
 
-        def sample() -> None:
-            positive.set(len(self._cache))
-            negative.set(len(self._negative))
+class TokenCache:
+    """The bounded maps behind one or more :class:`CachedAuthenticator` (see the module).
 
-        metrics.add_sampler(sample)
-        self._inflight: SingleFlight[bytes, Verdict] = SingleFlight()
-        # user → device → keys of its cached sessions. Entries the cache evicted
-        # on its own linger until the index is rebuilt (when it has grown to
-        # twice the cache's size) or their device is forgotten.
-        self._sessions: dict[str, dict[str, set[bytes]]] = {}
+    ``sessions``: key → :data:`_Session`, least recently used first.
+    ``refused``: key → (verdict, until), oldest first.
+    """
+
+    def __init__(self, config: TokenCacheConfig) -> None:
+        self.config = config
+        self.sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        self.refused: OrderedDict[bytes, tuple[Verdict, float]] = OrderedDict()
+        # user → device → keys of its cached sessions. Entries evicted meanwhile
+        # linger until the index is rebuilt (when it has grown to twice the
+        # cache's size) or their device is forgotten.
+        self._index: dict[str, dict[str | None, set[bytes]]] = {}
         self._indexed = 0
-        # Bumped by every forget: a verification that was running meanwhile is
-        # answered but not cached, so it cannot bring a forgotten session back.
-        self._generation = 0
-        self.hits = 0
-        self.misses = 0
-
-    def _configure(self, config: TokenCacheConfig) -> None:
-        self._config = config
-        self._cache = _Sessions(maxsize=config.max_size, ttu=_deadline, timer=time.monotonic)
-        self._cache.on_evict = self._evictions.inc
-        self._negative: TTLCache[bytes, Verdict] = TTLCache(
-            maxsize=config.negative_max_size,
-            ttl=config.negative_ttl or 1.0,
-            timer=time.monotonic,
-        )
+        # Bumped by every forget: a validation that was running meanwhile is
+        # answered but not kept, so it cannot bring a forgotten session back.
+        self.generation = 0
+        # Live sessions pushed out of a full cache.
+        self.evictions = 0
 
     def reconfigure(self, config: TokenCacheConfig) -> None:
-        """New bounds (a reload): live sessions move to the new cache (as many as fit,
-        the latest first; their deadlines are kept, and cut to the new ``max_ttl``);
-        refused tokens are forgotten (they are asked about again)."""
-        if config == self._config:
+        """New bounds (a reload): live sessions are kept (as many as fit, the most
+        recently used), their freshness cut to the new ``max_ttl``; refusals are
+        forgotten (those tokens are asked about again)."""
+        if config == self.config:
             return
-        old = self._cache
-        self._configure(config)
-        now = time.monotonic()
-        kept = list(old.items())[-config.max_size :]
-        for key, (verdict, deadline) in kept:
-            self._cache[key] = (verdict, min(deadline, now + config.max_ttl))
+        self.config = config
+        while len(self.sessions) > config.max_size:
+            self.sessions.popitem(last=False)
+        latest = time.monotonic() + config.max_ttl
+        for key, (identity, fresh, usable, exp) in list(self.sessions.items()):
+            if fresh > latest:
+                self.sessions[key] = (identity, latest, max(usable, latest), exp)
+        self.refused.clear()
         self._reindex()
 
-    @property
-    def verifier(self) -> TokenVerifier:
-        return self._verifier
+    def keep(self, key: bytes, verdict: Verdict, generation: int) -> None:
+        """Keep a positive verdict for as long as the policy allows (maybe not at all)."""
+        identity = verdict.identity
+        assert identity is not None
+        if generation != self.generation:
+            return
+        config = self.config
+        now = time.monotonic()
+        ttl = config.max_ttl
+        usable: float | None = None
+        if verdict.expires_at is not None:
+            left = verdict.expires_at - time.time()
+            ttl = min(ttl, left)
+            if config.stale_if_error:
+                usable = left
+        if ttl <= 0:
+            return
+        fresh_until = now + ttl
+        usable_until = fresh_until if usable is None else now + usable
+        self.sessions[key] = (identity, fresh_until, usable_until, verdict.expires_at)
+        self.sessions.move_to_end(key)
+        if len(self.sessions) > config.max_size:
+            _, pushed_out = self.sessions.popitem(last=False)
+            if pushed_out[2] > now:  # a live session, not one waiting to expire
+                self.evictions += 1
+        self._add_to_index(key, identity)
 
-    def __len__(self) -> int:
-        """Live sessions held (negative entries are counted apart)."""
-        return len(self._cache)
+    def refuse(self, key: bytes, verdict: Verdict) -> None:
+        """Keep a refusal for ``negative_ttl`` seconds (0: not at all)."""
+        self.sessions.pop(key, None)
+        if self.config.negative_ttl <= 0:
+            return
+        self.refused[key] = (verdict, time.monotonic() + self.config.negative_ttl)
+        self.refused.move_to_end(key)
+        if len(self.refused) > self.config.negative_max_size:
+            self.refused.popitem(last=False)
 
-    async def authenticate(self, token: str) -> Identity:
-        """The identity behind ``token``; UnknownToken or IssuerUnavailable otherwise."""
-        key = token_key(token)
-        entry = self._cache.get(key)
-        if entry is not None:
-            self.hits += 1
-            self._hit.inc()
-            return entry[0].identity_or_raise()
-        refused = self._negative.get(key)
-        if refused is not None:
-            self.hits += 1
-            self._negative_hit.inc()
-            return refused.identity_or_raise()
-        self.misses += 1
-        self._miss.inc()
-        log.debug("token cache miss: asking the issuer")
-        verdict = await self._inflight.run(key, lambda: self._verify_and_keep(key, token))
-        return verdict.identity_or_raise()
+    def forget(self, key: bytes) -> None:
+        self.sessions.pop(key, None)
+        self.refused.pop(key, None)
 
-    def forget(self, token: str) -> None:
-        """Drop a token (e.g. after logout) so its next use asks the issuer again."""
-        key = token_key(token)
-        self._cache.pop(key, None)
-        self._negative.pop(key, None)
-
-    def forget_device(self, user_id: str, device_id: str) -> int:
-        """Drop every cached session of the device; how many there were."""
-        self._generation += 1
-        devices = self._sessions.get(user_id)
+    def forget_device(self, user_id: str, device_id: str | None) -> int:
+        self.generation += 1
+        devices = self._index.get(user_id)
         keys = devices.pop(device_id, set()) if devices is not None else set()
         if devices is not None and not devices:
-            del self._sessions[user_id]
+            del self._index[user_id]
         return self._drop(keys)
 
     def forget_user(self, user_id: str) -> int:
-        """Drop every cached session of every device of the user; how many there were."""
-        self._generation += 1
-        devices = self._sessions.pop(user_id, {})
+        self.generation += 1
+        devices = self._index.pop(user_id, {})
         return self._drop(set().union(*devices.values()))
 
     def _drop(self, keys: set[bytes]) -> int:
         self._indexed -= len(keys)
-        return sum(self._cache.pop(key, None) is not None for key in keys)
+        return sum(self.sessions.pop(key, None) is not None for key in keys)
 
-    def _index(self, key: bytes, identity: Identity) -> None:
-        if self._indexed >= 2 * self._config.max_size:
+    def _add_to_index(self, key: bytes, identity: Identity) -> None:
+        if self._indexed >= 2 * self.config.max_size:
             self._reindex()
-        devices = self._sessions.setdefault(identity.user_id, {})
-        keys = devices.setdefault(identity.device_id, set())
+        keys = self._index.setdefault(identity.user_id, {}).setdefault(identity.device_id, set())
         if key not in keys:
             keys.add(key)
             self._indexed += 1
 
     def _reindex(self) -> None:
         """Rebuild the index from what the cache still holds."""
-        self._sessions = {}
+        self._index = {}
         self._indexed = 0
-        for key, (verdict, _deadline) in list(self._cache.items()):
-            if verdict.identity is not None:
-                self._index(key, verdict.identity)
+        for key, session in list(self.sessions.items()):
+            self._add_to_index(key, session[0])
 
-    async def _verify_and_keep(self, key: bytes, token: str) -> Verdict:
-        generation = self._generation
+
+class CachedAuthenticator:
+    """Token → :class:`Identity`, through a :class:`TokenCache` and single flight.
+
+    ``namespace`` (:func:`cache_namespace`) keeps the answers of this
+    authenticator's mode and issuer apart from any other's in a shared ``cache``.
+    """
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        config: TokenCacheConfig,
+        metrics: Metrics | None = None,
+        *,
+        namespace: bytes = b"",
+        cache: TokenCache | None = None,
+    ) -> None:
+        self._verifier = verifier
+        self._namespace = namespace
+        self.cache = cache if cache is not None else TokenCache(config)
+        self._sessions = self.cache.sessions
+        self._inflight: SingleFlight[bytes, Verdict] = SingleFlight()
+        self.hits = 0  # refusals served from the cache included
+        self.negative_hits = 0
+        self.misses = 0
+        # Sessions served past their freshness because the issuer was unavailable.
+        self.stale_hits = 0
+        metrics = metrics if metrics is not None else Metrics()
+        self._miss = metrics.cache_lookup["miss"]
+        self._validations = metrics.validation
+        self._report_to(metrics)
+
+    def _report_to(self, metrics: Metrics) -> None:
+        """The hot path counts in plain ints (a counter's ``inc`` takes a lock); the
+        metrics get the increments when sampled, before each exposition."""
+        hit, negative_hit = metrics.cache_lookup["hit"], metrics.cache_lookup["negative_hit"]
+        evictions = metrics.token_cache_evictions
+        entries = metrics.token_cache_entries
+        positive, negative = entries.labels("positive"), entries.labels("negative")
+        reported = [0, 0, 0]  # hits, negative hits, evictions
+
+        def sample() -> None:
+            counts = (self.hits - self.negative_hits, self.negative_hits, self.cache.evictions)
+            for counter, count, done in zip(
+                (hit, negative_hit, evictions), counts, reported, strict=True
+            ):
+                if count > done:
+                    counter.inc(count - done)
+            reported[:] = counts
+            positive.set(len(self.cache.sessions))
+            negative.set(len(self.cache.refused))
+
+        metrics.add_sampler(sample)
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self._verifier
+
+    def reconfigure(self, config: TokenCacheConfig) -> None:
+        """New bounds, from a reload (:meth:`TokenCache.reconfigure`)."""
+        self.cache.reconfigure(config)
+
+    def __len__(self) -> int:
+        """Sessions held (refusals are counted apart)."""
+        return len(self._sessions)
+
+    def key(self, token: str) -> bytes:
+        return hashlib.sha256(self._namespace + token.encode()).digest()
+
+    def cached(self, token: str) -> Identity | None:
+        """The identity of a fresh cached session, else None (then :meth:`authenticate`).
+
+        The request hot path: no coroutine, no allocation beyond the digest.
+        """
+        key = hashlib.sha256(self._namespace + token.encode()).digest()
+        session = self._sessions.get(key)
+        if session is None or session[1] <= time.monotonic():
+            return None
+        self._sessions.move_to_end(key)
+        self.hits += 1
+        return session[0]
+
+    async def authenticate(self, token: str) -> Identity:
+        """The identity behind ``token``; UnknownToken, Forbidden or IssuerUnavailable otherwise."""
+        identity = self.cached(token)
+        if identity is not None:
+            return identity
+        key = self.key(token)
+        refused = self.cache.refused.get(key)
+        if refused is not None:
+            if refused[1] > time.monotonic():
+                self.hits += 1
+                self.negative_hits += 1
+                return refused[0].identity_or_raise()
+            del self.cache.refused[key]
+        self.misses += 1
+        self._miss.inc()
+        log.debug("token cache miss: asking the issuer")
+        verdict = await self._inflight.run(key, lambda: self._validate(key, token))
+        return verdict.identity_or_raise()
+
+    def forget(self, token: str) -> None:
+        """Drop a token (e.g. after logout) so its next use asks the issuer again."""
+        self.cache.forget(self.key(token))
+
+    def forget_device(self, user_id: str, device_id: str | None) -> int:
+        """Drop every cached session of the device; how many there were."""
+        return self.cache.forget_device(user_id, device_id)
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop every cached session of every device of the user; how many there were."""
+        return self.cache.forget_user(user_id)
+
+    async def _validate(self, key: bytes, token: str) -> Verdict:
+        cache = self.cache
+        generation = cache.generation
+        # Past its freshness (else this would have been a hit), maybe still usable.
+        stale = self._sessions.get(key)
         try:
             verdict = await self._verifier.verify(token)
-        except IssuerUnavailable:
+        except IssuerUnavailable as e:
             self._validations["issuer_unavailable"].inc()
-            raise
+            now = time.monotonic()
+            if stale is None or stale[2] <= now or self._sessions.get(key) is not stale:
+                raise
+            # Ask again after the issuer's own Retry-After, never past exp.
+            retry = min(now + float(e.headers.get("Retry-After", "5")), stale[2])
+            self._sessions[key] = (stale[0], retry, stale[2], stale[3])
+            self.stale_hits += 1
+            return Verdict(stale[0], expires_at=stale[3])
         log.debug("token judged by the issuer: %s", verdict.outcome)
+        if verdict.identity is not None:
+            self._validations["valid"].inc()
+            cache.keep(key, verdict, generation)
+            return verdict
+        if (
+            stale is not None
+            and stale[3] is not None
+            and stale[3] <= time.time()
+            and not verdict.forbidden
+        ):
+            # A session this cache held has reached its exp: whatever the issuer
+            # says now (introspection cannot tell expired from revoked), it expired.
+            verdict = dataclasses.replace(
+                verdict, reason="Token has expired", soft_logout=True, outcome="expired"
+            )
         counter = self._validations.get(verdict.outcome)
         if counter is not None:
             counter.inc()
-        if verdict.identity is None:
-            if self._config.negative_ttl > 0:
-                self._negative[key] = verdict
-            return verdict
-        ttl = self._config.max_ttl
-        if verdict.expires_at is not None:
-            ttl = min(ttl, verdict.expires_at - time.time())
-        if ttl > 0 and generation == self._generation:
-            self._cache[key] = (verdict, time.monotonic() + ttl)
-            self._index(key, verdict.identity)
+        cache.refuse(key, verdict)
         return verdict

@@ -30,10 +30,15 @@ _MAX_USER_ID = 255
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a request is from, as the homeserver must see it."""
+    """Who a request is from, as the homeserver must see it.
+
+    ``device_id`` is None for a token that grants the client API without naming
+    a device: it acts as the user alone, as Synapse lets such a token act in MAS
+    mode.
+    """
 
     user_id: UserID
-    device_id: DeviceID
+    device_id: DeviceID | None
     localpart: str
     # The token grants Synapse's admin API scope (urn:synapse:admin:*). Not part of
     # the identity's equality: the same device is the same device either way.
@@ -41,6 +46,13 @@ class Identity:
     # The token's ``iat`` (Unix seconds) where the issuer said, for the logout
     # moments (bridge.auth.not_before). Not part of the identity either.
     issued_at: float | None = field(default=None, compare=False)
+
+    @property
+    def device(self) -> DeviceID:
+        """The device, where one is certain (MAS's provisioning calls always name one)."""
+        if self.device_id is None:
+            raise AssertionError("a device-less identity where a device is needed")
+        return self.device_id
 
 
 def _refused(outcome: str, message: str) -> UnknownToken:
@@ -64,18 +76,21 @@ def identity_from_claims(
 ) -> Identity:
     """Map an active token's claims (introspection or JWT) to an :class:`Identity`.
 
-    The scope must grant the client API; the device is the ``device_id`` claim
-    (MAS with ``X-MAS-Supports-Device-Id``), else exactly one device scope.
+    The scope (``scope``, space-separated, or ``scp``, a list, as some issuers
+    put it in JWTs) must grant the client API; the device is the ``device_id``
+    claim (MAS with ``X-MAS-Supports-Device-Id``), else the one device scope;
+    a token with no device scope at all has no device. Two device scopes are
+    refused.
     Raises :class:`UnknownToken` for a token that cannot act on the client API,
     and :class:`Forbidden` for a user the bridge must never act as (its own
     appservice sender: requests as that user carry the appservice's powers).
     """
-    scope = claims.get("scope")
-    scopes = set(scope.split()) if isinstance(scope, str) else set()
+    scopes = granted_scopes(claims)
     if not scopes & API_SCOPES:
         raise _refused("missing_scope", "Token does not grant access to the Matrix client API")
 
     claimed_device = claims.get("device_id")
+    device: str | None
     if isinstance(claimed_device, str) and claimed_device:
         device = claimed_device
     else:
@@ -85,10 +100,10 @@ def identity_from_claims(
             for prefix in DEVICE_SCOPE_PREFIXES
             if s.startswith(prefix)
         }
-        if len(devices) != 1:
-            raise _refused("bad_device", "Token must name exactly one device in its scope")
-        (device,) = devices
-    if not _DEVICE_ID.fullmatch(device):
+        if len(devices) > 1:
+            raise _refused("bad_device", "Token must not name more than one device in its scope")
+        device = devices.pop() if devices else None
+    if device is not None and not _DEVICE_ID.fullmatch(device):
         raise _refused("bad_device", "Token names an invalid device ID")
 
     localpart = claims.get(localpart_claim)
@@ -104,10 +119,24 @@ def identity_from_claims(
     iat = claims.get("iat")
     return Identity(
         UserID(user_id),
-        DeviceID(device),
+        None if device is None else DeviceID(device),
         localpart,
         admin=ADMIN_SCOPE in scopes,
         issued_at=float(iat)
         if isinstance(iat, int | float) and not isinstance(iat, bool)
         else None,
     )
+
+
+def granted_scopes(claims: Mapping[str, object]) -> set[str]:
+    """The scopes a token grants: ``scope``, a space-separated string (RFC 6749, 7662,
+    9068); without it, ``scp``, a list (as Entra and Okta write JWTs) or a string."""
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        return set(scope.split())
+    scp = claims.get("scp") if scope is None else None
+    if isinstance(scp, str):
+        return set(scp.split())
+    if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
+        return set(scp)
+    return set()

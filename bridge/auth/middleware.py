@@ -21,10 +21,14 @@ from bridge.state import AUTHENTICATOR, IDENTITY, LOGOUT_MOMENTS, PATH
 FORWARDED_ROUTE = "forward:"
 
 # What a token may look like: visible ASCII (RFC 6750's b64token, and every
-# Matrix/OAuth token seen in the wild, fits), and no longer than any real one.
-# Anything else is refused without asking the issuer.
-MAX_TOKEN_LENGTH = 4096
+# Matrix/OAuth token seen in the wild, fits), and no longer than any real one
+# (JWT access tokens with many claims pass 4 KiB). Anything else is refused
+# without asking the issuer.
+MAX_TOKEN_LENGTH = 12 * 1024
 _TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
+# The longest header field the server reads (aiohttp's default is 8 KiB): room
+# for a 64 KiB token, which is then refused here with a Matrix 401.
+MAX_HEADER_FIELD = 72 * 1024
 
 _PUBLIC = [
     (frozenset({"GET"}), re.compile(r"^/_matrix/client/versions$")),
@@ -92,9 +96,13 @@ async def authenticate(request: web.Request) -> None:
             raise MissingToken("Missing access token")
         request[IDENTITY] = None
     else:
-        identity = await request.app[AUTHENTICATOR].authenticate(token)
+        authenticator = request.app[AUTHENTICATOR]
+        # A fresh cached session is answered without a coroutine (the hot path).
+        identity = authenticator.cached(token)
+        if identity is None:
+            identity = await authenticator.authenticate(token)
         # A token issued before a logout of its device or user (bridge.auth.not_before):
         # two dict lookups, whatever the cache still holds.
         if request.app[LOGOUT_MOMENTS].refuses(identity):
-            raise UnknownToken("Token has been logged out", extra={"soft_logout": False})
+            raise UnknownToken("Token has been logged out")
         request[IDENTITY] = identity

@@ -53,7 +53,11 @@ class LogoutMoments:
         if not self._users and not self._devices:
             return False
         user_moment = self._users.get(identity.user_id)
-        device_moment = self._devices.get((identity.user_id, identity.device_id))
+        device_moment = (
+            self._devices.get((identity.user_id, identity.device_id))
+            if identity.device_id is not None
+            else None
+        )
         if user_moment is None and device_moment is None:
             return False
         iat = identity.issued_at

@@ -71,14 +71,22 @@ class Masquerade:
         await self.prepare(identity)
 
     async def _provision(self, identity: Identity) -> None:
+        device_id = identity.device_id
         if self._provisions_on_sight:
             await self._appservice.register_user(identity.localpart)
-            await self._appservice.create_device(identity.user_id, identity.device_id)
-        elif not await self._appservice.device_exists(identity.user_id, identity.device_id):
+            if device_id is not None:
+                await self._appservice.create_device(identity.user_id, device_id)
+        elif device_id is None:
+            # A device-less token under MAS: its user must exist (MAS provisions users).
+            if not await self._appservice.user_exists(identity.user_id):
+                raise UnknownToken("Token is not active")
+        elif not await self._appservice.device_exists(identity.user_id, device_id):
             raise UnknownToken("Token is not active")
         self._known[identity] = True
 
     def credentials(self, identity: Identity) -> tuple[str, list[tuple[str, str]]]:
+        if identity.device_id is None:
+            return self._authorization, [("user_id", identity.user_id)]
         return self._authorization, [
             ("user_id", identity.user_id),
             ("device_id", identity.device_id),
@@ -89,7 +97,7 @@ class Masquerade:
 
     async def upsert_device(self, identity: Identity, display_name: str | None) -> bool:
         status, answer = await self._appservice.put_device(
-            identity.user_id, identity.device_id, display_name
+            identity.user_id, identity.device, display_name
         )
         if status not in (200, 201):
             raise refused_by_homeserver(status, answer, "The homeserver refused the device")
@@ -98,14 +106,14 @@ class Masquerade:
 
     async def rename_device(self, identity: Identity, display_name: str) -> bool:
         # The appservice's PUT creates a missing device (AS-15): look first.
-        if not await self._appservice.device_exists(identity.user_id, identity.device_id):
+        if not await self._appservice.device_exists(identity.user_id, identity.device):
             return False
         await self.upsert_device(identity, display_name)
         return True
 
     async def delete_device(self, identity: Identity) -> None:
         self._known.pop(identity, None)
-        await self._appservice.delete_device(identity.user_id, identity.device_id)
+        await self._appservice.delete_device(identity.user_id, identity.device)
 
     async def devices_of(self, user_id: str) -> set[str]:
         return await self._appservice.devices_of(user_id)

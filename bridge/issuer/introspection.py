@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bridge.config import IntrospectionConfig, IssuerConfig
+from bridge.config import IntrospectionConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata, issuer_failure
@@ -50,7 +50,7 @@ class Introspector:
         self,
         session: aiohttp.ClientSession,
         metadata: IssuerMetadata,
-        config: IssuerConfig,
+        config: IntrospectionConfig,
         limit: InflightLimit,
         metrics: Metrics | None = None,
     ) -> None:
@@ -62,7 +62,7 @@ class Introspector:
         self._duration = metrics.issuer_call_duration["introspection"]
         self._metadata = metadata
         self._limit = limit
-        self._config = config.introspection
+        self._config = config
         self._timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         self._headers, self._form_auth = client_auth(self._config)
 
@@ -90,7 +90,10 @@ class Introspector:
                         # admin problem, which must not log every user out.
                         outcome = "refused" if resp.status < 500 else "error"
                         log.error("introspection answered HTTP %s", resp.status)
-                        raise IssuerUnavailable("The authentication service refused introspection")
+                        raise IssuerUnavailable(
+                            "The authentication service refused introspection",
+                            retry_after=retry_after(resp),
+                        )
                     answer = await resp.json(content_type=None)
                 if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
                     outcome = "error"
@@ -103,6 +106,13 @@ class Introspector:
                 self._outcomes[outcome].inc()
                 self._duration.observe(time.perf_counter() - started)
         return answer
+
+
+def retry_after(resp: aiohttp.ClientResponse) -> int:
+    """The issuer's own ``Retry-After`` (seconds, on a 429 or 503) passed on to the
+    client when it is sane (1 s to 5 min); 5 s otherwise."""
+    value = resp.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() and 1 <= int(value) <= 300 else 5
 
 
 # OAuth error codes (RFC 6750 §3.1, RFC 7009 §2.2.1) that judge the token, not the caller.

@@ -90,7 +90,7 @@ class IssuerMetadata:
     async def fetch(self) -> Metadata:
         """Fetch and validate the discovery document; keep it if valid."""
         url = discovery_url(self._config.issuer)
-        timeout = aiohttp.ClientTimeout(total=self._config.introspection.timeout)
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         outcome = "ok"
         started = time.perf_counter()
         try:
@@ -109,7 +109,12 @@ class IssuerMetadata:
             self._metrics.issuer_request["discovery", outcome].inc()
             self._metrics.issuer_call_duration["discovery"].observe(time.perf_counter() - started)
         if document.get("issuer") != self._config.issuer:
-            # A mismatch means a misconfiguration or a mix-up attack (RFC 8414 §3.3).
+            # A mismatch means a misconfiguration or a mix-up attack (RFC 8414 §3.3):
+            # what was trusted before is not any more. Tokens validated already keep
+            # working from the cache; new ones get 503 until the document is right.
+            if self.current is not None:
+                log.error("the issuer's discovery document now names another issuer")
+            self.current = None
             raise IssuerUnavailable(
                 f"Discovery document names issuer {document.get('issuer')!r}, "
                 f"configured {self._config.issuer!r}"

@@ -44,7 +44,7 @@ _LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 
 
 def _not_logged_in(message: str) -> UnknownToken:
-    return UnknownToken(message, extra={"soft_logout": False})
+    return UnknownToken(message)
 
 
 def password_login_available(layer: LoginLayer) -> bool:
@@ -217,12 +217,17 @@ async def _logged_in(request: web.Request) -> tuple[str, Identity]:
         raise MissingToken("Missing access token")
     identity = await request.app[AUTHENTICATOR].authenticate(token)
     if request.app[LOGOUT_MOMENTS].refuses(identity):
-        raise UnknownToken("Token has been logged out", extra={"soft_logout": False})
+        raise UnknownToken("Token has been logged out")
     return token, identity
 
 
 async def logout(request: web.Request) -> web.Response:
     token, identity = await _logged_in(request)
+    if identity.device_id is None:
+        # A device-less token (the API scope alone): nothing on the homeserver to end.
+        await request.app[LOGIN].oauth.revoke(token, "access_token")
+        request.app[AUTHENTICATOR].forget(token)
+        return web.json_response({})
     await request.app[LOGIN].end_device(identity.user_id, identity.device_id, token)
     return web.json_response({})
 

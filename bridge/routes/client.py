@@ -55,7 +55,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if _SIGNING_KEYS_UPLOAD.fullmatch(request[PATH]):
             return await signing_keys_upload(request)
     forwarder = request.app[FORWARDER]
-    if identity is not None and forwarder.appservice_power:
+    if identity is not None and forwarder.appservice_power_for(identity):
         raw_path = request.rel_url.raw_path
         if request.method == "PUT" and (match := privileges.ALIAS_CREATION.fullmatch(raw_path)):
             return await alias_creation(request, identity, unquote(match["alias"]))

@@ -54,7 +54,8 @@ def authenticate(request: web.Request) -> None:
     is never read from the query string, where proxies would log it."""
     headers = request.headers.getall("Authorization", [])
     scheme, _, token = headers[0].partition(" ") if len(headers) == 1 else ("", "", "")
-    secret = request.app[CONFIG].issuer.introspection.client_secret
+    introspection = request.app[CONFIG].issuer.introspection  # required with kind: mas
+    secret = introspection.client_secret if introspection is not None else ""
     if not (
         scheme.lower() == "bearer"
         and token.isascii()

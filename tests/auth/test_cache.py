@@ -1,4 +1,4 @@
-"""CachedAuthenticator: TTLs, negative caching, single flight, hashed keys."""
+"""CachedAuthenticator: TTLs, negative caching, stale-if-error, single flight, hashed keys."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bridge.auth import cache
-from bridge.auth.cache import CachedAuthenticator, token_key
+from bridge.auth.cache import CachedAuthenticator, TokenCache, cache_namespace, token_key
 from bridge.auth.identity import DeviceID, Identity, UserID
 from bridge.auth.verifier import Verdict
 from bridge.config import TokenCacheConfig
@@ -66,6 +66,12 @@ class FakeVerifier:
 
 def authenticator(verifier: FakeVerifier, **config: Any) -> CachedAuthenticator:
     return CachedAuthenticator(verifier, TokenCacheConfig(**config))
+
+
+async def refused(auth: CachedAuthenticator, token: str) -> UnknownToken:
+    with pytest.raises(UnknownToken) as info:
+        await auth.authenticate(token)
+    return info.value
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -171,14 +177,16 @@ async def test_already_expired_verdict_is_not_cached() -> None:
     assert verifier.calls == 2
 
 
-async def test_keys_are_sha256_digests() -> None:
+async def test_keys_are_sha256_digests_of_mode_issuer_and_token() -> None:
     token = "syt_secret_token"
-    auth = authenticator(FakeVerifier())
+    namespace = cache_namespace("introspection", "https://issuer.example/")
+    auth = CachedAuthenticator(FakeVerifier(), TokenCacheConfig(), namespace=namespace)
     await auth.authenticate(token)
-    keys = list(auth._cache.keys())
+    keys = list(auth.cache.sessions.keys())
     assert token.encode() not in keys
-    assert keys == [token_key(token)]
-    assert token_key(token) == hashlib.sha256(token.encode()).digest()
+    assert keys == [token_key(token, namespace)]
+    expected = hashlib.sha256(b"introspection\0https://issuer.example/\0" + token.encode())
+    assert keys == [expected.digest()]
 
 
 async def test_cache_is_bounded() -> None:
@@ -241,7 +249,7 @@ async def test_inactive_tokens_never_evict_a_live_session() -> None:
     for n in range(1_000):
         with pytest.raises(UnknownToken):
             await auth.authenticate(f"garbage-{n}")
-    assert len(auth._negative) == 100
+    assert len(auth.cache.refused) == 100
     assert await auth.authenticate("live") == ALICE
     assert verifier.calls == 1 + 1_000  # the live session was a hit
 
@@ -302,7 +310,273 @@ async def test_the_index_stays_bounded_when_the_cache_evicts() -> None:
     for n in range(100):
         await auth.authenticate(f"user{n}/DEV/1")
     assert len(auth) == 3
-    assert auth._indexed <= 2 * 3
-    assert sum(len(keys) for d in auth._sessions.values() for keys in d.values()) <= 2 * 3
+    assert auth.cache._indexed <= 2 * 3
+    assert sum(len(keys) for d in auth.cache._index.values() for keys in d.values()) <= 2 * 3
     # The sessions still cached are still indexed.
     assert auth.forget_user("@user99:example.org") == 1
+
+
+# ---------------------------------------------------------------------------------------
+# The policy the README states, with a controlled clock
+
+
+class ScriptedVerifier(FakeVerifier):
+    """Answers with ``verdicts`` in turn (the last one again once they run out)."""
+
+    def __init__(self, *verdicts: Verdict | Exception) -> None:
+        super().__init__()
+        self.script = list(verdicts)
+
+    async def verify(self, token: str) -> Verdict:
+        self.calls += 1
+        answer = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_a_hit_never_extends_an_entry_and_ttl_never_outlives_exp(clock: Clock) -> None:
+    verifier = FakeVerifier(Verdict(ALICE, expires_at=WALL + 50))
+    auth = authenticator(verifier, max_ttl=120, stale_if_error=False)
+    await auth.authenticate("tok")
+    for _ in range(49):  # a hit every second: none of them moves the deadline
+        clock.advance(1)
+        assert auth.cached("tok") == ALICE
+    clock.advance(1)  # exp: 50 s after validation, well before max_ttl
+    assert auth.cached("tok") is None
+    await auth.authenticate("tok")
+    assert verifier.calls == 2
+
+
+async def test_max_ttl_bounds_a_long_lived_token_and_a_hit_does_not_extend_it(
+    clock: Clock,
+) -> None:
+    verifier = FakeVerifier(Verdict(ALICE, expires_at=WALL + 3600))
+    auth = authenticator(verifier, max_ttl=120)
+    await auth.authenticate("tok")
+    clock.advance(119.9)
+    assert auth.cached("tok") == ALICE
+    clock.advance(0.2)
+    assert auth.cached("tok") is None
+    assert await auth.authenticate("tok") == ALICE
+    assert verifier.calls == 2
+
+
+async def test_default_max_ttl_is_synapses_120_seconds() -> None:
+    assert TokenCacheConfig().max_ttl == 120
+
+
+async def test_inactive_then_active_is_checked_again_after_the_negative_ttl(
+    clock: Clock,
+) -> None:
+    verifier = ScriptedVerifier(Verdict(None, "Token is not active"), VALID)
+    auth = authenticator(verifier, negative_ttl=10)
+    await refused(auth, "tok")
+    clock.advance(9)
+    await refused(auth, "tok")  # still the refusal, from the cache
+    assert verifier.calls == 1
+    clock.advance(1.5)
+    assert await auth.authenticate("tok") == ALICE
+    assert verifier.calls == 2
+
+
+async def test_a_second_issuer_or_mode_never_reads_anothers_answers() -> None:
+    shared = TokenCache(TokenCacheConfig())
+    verifiers = [FakeVerifier() for _ in range(3)]
+    namespaces = [
+        cache_namespace("introspection", "https://one.example/"),
+        cache_namespace("introspection", "https://two.example/"),
+        cache_namespace("jwt", "https://one.example/"),
+    ]
+    auths = [
+        CachedAuthenticator(v, shared.config, namespace=n, cache=shared)
+        for v, n in zip(verifiers, namespaces, strict=True)
+    ]
+    for auth in auths:
+        assert await auth.authenticate("same-token") == ALICE
+        assert await auth.authenticate("same-token") == ALICE
+    assert [v.calls for v in verifiers] == [1, 1, 1]
+    assert len(shared.sessions) == 3
+
+
+async def test_a_refusal_under_one_issuer_does_not_refuse_under_another() -> None:
+    shared = TokenCache(TokenCacheConfig())
+    bad = CachedAuthenticator(
+        FakeVerifier(Verdict(None, "Token is not active")),
+        shared.config,
+        namespace=cache_namespace("introspection", "https://one.example/"),
+        cache=shared,
+    )
+    good = CachedAuthenticator(
+        FakeVerifier(),
+        shared.config,
+        namespace=cache_namespace("introspection", "https://two.example/"),
+        cache=shared,
+    )
+    await refused(bad, "tok")
+    assert await good.authenticate("tok") == ALICE
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        IssuerUnavailable("timeout"),
+        IssuerUnavailable("HTTP 500"),
+        IssuerUnavailable("HTTP 429", retry_after=30),
+        IssuerUnavailable("connection refused"),
+        IssuerUnavailable("invalid JSON"),
+    ],
+)
+async def test_stale_session_is_served_while_the_issuer_fails_until_exp_never_beyond(
+    clock: Clock, failure: IssuerUnavailable
+) -> None:
+    verifier = ScriptedVerifier(Verdict(ALICE, expires_at=WALL + 600), failure)
+    auth = authenticator(verifier, max_ttl=120)
+    await auth.authenticate("tok")
+    clock.advance(121)  # past its freshness, 479 s before exp
+    assert auth.cached("tok") is None
+    assert await auth.authenticate("tok") == ALICE  # the issuer failed: served stale
+    assert verifier.calls == 2
+    assert auth.stale_hits == 1
+    # Not asked again before the failure's Retry-After ...
+    retry = int(failure.headers["Retry-After"])
+    assert await auth.authenticate("tok") == ALICE
+    assert verifier.calls == 2
+    clock.advance(retry)
+    assert await auth.authenticate("tok") == ALICE
+    assert verifier.calls == 3
+    # ... and never past the token's own exp.
+    clock.advance(600 - 121 - retry)
+    with pytest.raises(IssuerUnavailable):
+        await auth.authenticate("tok")
+    assert len(auth) == 1  # nothing was refused or kept anew: the failure is not cached
+
+
+async def test_stale_if_error_off_gives_503_after_max_ttl(clock: Clock) -> None:
+    verifier = ScriptedVerifier(Verdict(ALICE, expires_at=WALL + 600), IssuerUnavailable("down"))
+    auth = authenticator(verifier, max_ttl=120, stale_if_error=False)
+    await auth.authenticate("tok")
+    clock.advance(121)
+    with pytest.raises(IssuerUnavailable):
+        await auth.authenticate("tok")
+
+
+async def test_a_session_without_exp_is_never_served_stale(clock: Clock) -> None:
+    verifier = ScriptedVerifier(Verdict(ALICE), IssuerUnavailable("down"))
+    auth = authenticator(verifier, max_ttl=120)
+    await auth.authenticate("tok")
+    clock.advance(121)
+    with pytest.raises(IssuerUnavailable):
+        await auth.authenticate("tok")
+
+
+async def test_stale_session_is_revalidated_once_the_issuer_answers(clock: Clock) -> None:
+    verifier = ScriptedVerifier(
+        Verdict(ALICE, expires_at=WALL + 600),
+        IssuerUnavailable("down"),
+        Verdict(None, "Token is not active"),
+    )
+    auth = authenticator(verifier, max_ttl=120)
+    await auth.authenticate("tok")
+    clock.advance(121)
+    assert await auth.authenticate("tok") == ALICE  # stale
+    clock.advance(5)
+    error = await refused(auth, "tok")  # revoked meanwhile: the issuer says so now
+    assert error.soft_logout is False
+    assert len(auth) == 0
+
+
+async def test_soft_logout_for_a_token_that_expired_false_for_an_unknown_one(
+    clock: Clock,
+) -> None:
+    verifier = ScriptedVerifier(
+        Verdict(ALICE, expires_at=WALL + 60), Verdict(None, "Token is not active")
+    )
+    auth = authenticator(verifier, max_ttl=120)
+    await auth.authenticate("tok")
+    clock.advance(61)
+    # Introspection cannot tell expired from revoked; the cache knew the exp.
+    error = await refused(auth, "tok")
+    assert error.soft_logout is True
+    assert error.to_response().text is not None
+    assert '"soft_logout": true' in error.to_response().text
+    never_seen = await refused(auth, "other")
+    assert never_seen.soft_logout is False
+
+
+async def test_verdict_soft_logout_reaches_the_error() -> None:
+    auth = authenticator(FakeVerifier(Verdict(None, "Token has expired", soft_logout=True)))
+    assert (await refused(auth, "tok")).soft_logout is True
+
+
+async def test_least_recently_used_session_is_evicted_first() -> None:
+    verifier = PerTokenVerifier()
+    auth = authenticator(verifier, max_size=2)
+    await auth.authenticate("a/D/1")
+    await auth.authenticate("b/D/1")
+    assert auth.cached("a/D/1") is not None  # a is now the most recently used
+    await auth.authenticate("c/D/1")
+    assert auth.cached("a/D/1") is not None
+    assert auth.cached("b/D/1") is None
+    assert verifier.calls == 3
+
+
+async def test_refusals_are_bounded_oldest_out_first() -> None:
+    verifier = FakeVerifier(Verdict(None, "Token is not active"))
+    auth = authenticator(verifier, negative_max_size=3)
+    for n in range(5):
+        await refused(auth, f"bad-{n}")
+    assert list(auth.cache.refused) == [auth.key(f"bad-{n}") for n in (2, 3, 4)]
+
+
+async def test_cached_is_the_hit_path_and_misses_go_to_authenticate() -> None:
+    verifier = FakeVerifier()
+    auth = authenticator(verifier)
+    assert auth.cached("tok") is None
+    assert verifier.calls == 0
+    await auth.authenticate("tok")
+    assert auth.cached("tok") == ALICE
+    assert verifier.calls == 1
+
+
+async def test_device_less_sessions_are_indexed_and_forgotten() -> None:
+    no_device = Identity(UserID("@alice:example.org"), None, "alice")
+    auth = authenticator(FakeVerifier(Verdict(no_device)))
+    await auth.authenticate("tok")
+    assert auth.forget_device("@alice:example.org", None) == 1
+    assert auth.cached("tok") is None
+
+
+async def test_metrics_count_hits_refusals_and_live_sessions_pushed_out() -> None:
+    from bridge.metrics import Metrics
+
+    metrics = Metrics()
+    auth = CachedAuthenticator(FakeVerifier(), TokenCacheConfig(max_size=1), metrics)
+    await auth.authenticate("one")
+    await auth.authenticate("one")
+    await auth.authenticate("two")  # pushes one, still live, out
+    refusing = CachedAuthenticator(FakeVerifier(Verdict(None, "no")), TokenCacheConfig(), metrics)
+    for _ in range(3):
+        await refused(refusing, "bad")
+    metrics.sample()
+    lookups = {r: metrics.cache_lookup[r]._value.get() for r in ("hit", "negative_hit", "miss")}
+    assert lookups == {"hit": 1, "negative_hit": 2, "miss": 3}
+    assert metrics.token_cache_evictions._value.get() == 1
+    metrics.sample()  # a second sample adds nothing new
+    assert metrics.cache_lookup["hit"]._value.get() == 1
+
+
+async def test_reconfigure_keeps_live_sessions_cut_to_the_new_bounds(clock: Clock) -> None:
+    verifier = FakeVerifier()
+    auth = authenticator(verifier, max_size=3, max_ttl=300)
+    for token in ("a", "b", "c"):
+        await auth.authenticate(token)
+    refusing_verdict = Verdict(None, "no")
+    auth.cache.refuse(auth.key("bad"), refusing_verdict)
+    auth.reconfigure(TokenCacheConfig(max_size=2, max_ttl=60))
+    assert len(auth) == 2
+    assert not auth.cache.refused
+    assert auth.cached("a") is None  # the least recently used went
+    assert auth.cached("c") == ALICE
+    clock.advance(61)
+    assert auth.cached("c") is None  # fresh for the new max_ttl only

@@ -64,17 +64,50 @@ def test_stable_and_unstable_scope_for_one_device() -> None:
     assert identify(claims(scope)).device_id == "ABC"
 
 
+@pytest.mark.parametrize("api", [API, UNSTABLE_API])
+def test_no_device_scope_is_a_device_less_identity(api: str) -> None:
+    """As Synapse accepts such a token in MAS mode: the user, without a device."""
+    identity = identify(claims(f"openid {api}"))
+    assert identity == Identity(UserID("@alice:example.org"), None, "alice")
+    with pytest.raises(AssertionError):
+        _ = identity.device
+
+
 @pytest.mark.parametrize(
     "scope",
     [
-        API,
         f"{API} {device_scope('ONE')} {device_scope('TWO')}",
         f"{API} {device_scope('ONE')} {device_scope('TWO', unstable=True)}",
     ],
 )
-def test_zero_or_two_devices(scope: str) -> None:
-    with pytest.raises(UnknownToken, match="exactly one device"):
+def test_two_devices(scope: str) -> None:
+    with pytest.raises(UnknownToken, match="more than one device"):
         identify(claims(scope))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"scp": [API, device_scope("ABC")], "username": "alice"},
+        {"scp": f"{API} {device_scope('ABC')}", "username": "alice"},
+    ],
+)
+def test_scp_claim(raw: dict[str, object]) -> None:
+    assert identify(raw).device_id == "ABC"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # scope wins over scp, even when it grants less
+        {"scope": "openid", "scp": [API], "username": "alice"},
+        {"scp": [API, 7], "username": "alice"},
+        {"scp": {"a": API}, "username": "alice"},
+    ],
+)
+def test_scp_is_read_only_without_scope_and_only_as_strings(raw: dict[str, object]) -> None:
+    with pytest.raises(UnknownToken, match="client API"):
+        identify(raw)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any, cast
@@ -87,6 +88,31 @@ async def test_expired_beyond_leeway() -> None:
     verdict = await verify(active(exp=int(time.time()) - LEEWAY - 30))
     assert verdict.identity is None
     assert "expired" in verdict.reason
+    assert verdict.soft_logout is True
+    with pytest.raises(UnknownToken) as info:
+        verdict.identity_or_raise()
+    assert info.value.soft_logout is True
+    assert json.loads(info.value.to_response().text or "")["soft_logout"] is True
+
+
+async def test_inactive_is_not_a_soft_logout() -> None:
+    verdict = await verify({"active": False})
+    with pytest.raises(UnknownToken) as info:
+        verdict.identity_or_raise()
+    assert info.value.soft_logout is False
+    body = json.loads(info.value.to_response().text or "")
+    assert body == {
+        "errcode": "M_UNKNOWN_TOKEN",
+        "error": "Token is not active",
+        "soft_logout": False,
+    }
+
+
+async def test_leeway_is_configurable() -> None:
+    rules = ClaimRules(server_name="example.org", leeway=0)
+    verdict = await verify(active(exp=int(time.time()) - 2), rules)
+    assert verdict.identity is None
+    assert verdict.soft_logout is True
 
 
 async def test_expired_within_leeway_is_accepted() -> None:

@@ -65,7 +65,9 @@ def _public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
 def trusted_keys(
     monkeypatch: pytest.MonkeyPatch, issuer: TestIssuer, test_key: rsa.RSAPrivateKey
 ) -> None:
-    """The bridge's keys: the real issuer's JWKS (read once here) and the test's own key."""
+    """The bridge's keys: the real issuer's JWKS (read once here) and the test's own key,
+    which signs the made-up logout tokens below. (The real logout above goes through
+    the bridge's own JWKS cache.)"""
     import urllib.request
 
     with urllib.request.urlopen(issuer.url + ".well-known/openid-configuration") as resp:
@@ -92,7 +94,6 @@ async def _post_logout_token(stack: LoginStack, token: str) -> tuple[int, dict[s
 
 
 async def test_issuer_logout_ends_the_session_at_once(
-    trusted_keys: None,
     make_login_bridge: MakeLoginBridge,
     http: aiohttp.ClientSession,
     issuer: TestIssuer,

@@ -7,17 +7,25 @@
 //   BRIDGE_CLIENT_ID       confidential client for introspection + revocation; it may
 //   BRIDGE_CLIENT_SECRET   authenticate with client_secret_basic or client_secret_post
 //   ACCESS_TOKEN_FORMAT    `opaque` (default) or `jwt`
+//   ACCESS_TOKEN_ALG       with `jwt`: `RS256` (default) or `ES256`
 //   ACCESS_TOKEN_TTL       access token lifetime in seconds (default 3600)
 //   MAS_SHARED_SECRET      optional: introspection also accepts `Authorization: Bearer
 //                          <secret>`, as matrix-authentication-service accepts its
 //                          matrix.secret, and answers it as it answers the bridge client
 //
 // Everything is in memory: a restart forgets clients, grants and tokens. The signing keys
-// are oidc-provider's built-in development keys, so the JWKS is the same across restarts.
+// at start are fixed (oidc-provider's development RSA key, kid `keystore-CHANGE-ME`, and
+// the P-256 key below, kid `es256-1`), so the JWKS is the same across restarts.
 //
-// Test-only endpoints: GET /_test/counters -> {"introspection": N, "revocation": M,
-// "introspection_max_inflight": K} (the most introspections ever handled at once),
-// POST /_test/counters/reset -> 204.
+// Test-only endpoints, answered to loopback peers only:
+//   GET /_test/counters -> {"introspection": N, "revocation": M, "jwks": J,
+//     "introspection_max_inflight": K} (the most introspections ever handled at once)
+//   POST /_test/counters/reset -> 204
+//   POST /_test/keys/rotate -> {"kid": new, "kids": published}: a new key for
+//     ACCESS_TOKEN_ALG is published (first) and signs every access token from now on;
+//     the older keys stay published, so their tokens stay valid
+//   POST /_test/keys/retire -> {"kids": published}: every key of ACCESS_TOKEN_ALG but
+//     the one that signs now is no longer published
 //
 // For the bridge's own login layer: dynamic registration accepts confidential clients with
 // back-channel logout (backchannel_logout_uri; the logout tokens are sent to 127.0.0.1 only),
@@ -25,6 +33,7 @@
 // (`grant_type=password`, which oidc-provider does not ship) is served for clients registered
 // with it: any username, whose password is `password-of-<username>`.
 
+import crypto from 'node:crypto';
 import http from 'node:http';
 
 // oidc-provider warns "Unsupported runtime" at import time on Node 20; it works fine there.
@@ -34,6 +43,9 @@ console.warn = (...args) => {
   originalWarn(...args);
 };
 const { default: Provider, errors: oidcErrors } = await import('oidc-provider');
+// Not exported: used to swap the provider's keys while it runs (/_test/keys/*).
+const { default: initializeKeystore } = await import('oidc-provider/lib/helpers/initialize_keystore.js');
+const { default: DEV_KEYSTORE } = await import('oidc-provider/lib/consts/dev_keystore.js');
 
 function requireEnv(name) {
   const value = process.env[name];
@@ -50,10 +62,15 @@ const bridgeClientId = requireEnv('BRIDGE_CLIENT_ID');
 const bridgeClientSecret = requireEnv('BRIDGE_CLIENT_SECRET');
 const accessTokenFormat = process.env.ACCESS_TOKEN_FORMAT || 'opaque';
 const accessTokenTTL = Number.parseInt(process.env.ACCESS_TOKEN_TTL || '3600', 10);
+const accessTokenAlg = process.env.ACCESS_TOKEN_ALG || 'RS256';
 const masSharedSecret = process.env.MAS_SHARED_SECRET || '';
 
 if (!['opaque', 'jwt'].includes(accessTokenFormat)) {
   console.error(`test issuer: ACCESS_TOKEN_FORMAT must be opaque or jwt, not ${accessTokenFormat}`);
+  process.exit(2);
+}
+if (!['RS256', 'ES256'].includes(accessTokenAlg)) {
+  console.error(`test issuer: ACCESS_TOKEN_ALG must be RS256 or ES256, not ${accessTokenAlg}`);
   process.exit(2);
 }
 if (!(accessTokenTTL > 0)) {
@@ -87,9 +104,36 @@ function dynamicScopes(ctx) {
   return [...found];
 }
 
-const counters = { introspection: 0, revocation: 0, introspection_max_inflight: 0 };
+// Private JWKs, newest first. The fixed ones first: tokens survive a restart.
+const FIXED_EC_KEY = {
+  kty: 'EC',
+  crv: 'P-256',
+  x: 'gRBw-MV8rw4hYcoDYZFEpfHNzFj1IPyZFgax_H-1ob4',
+  y: 'xtI7Y7imn5gKRqXFNVTGT_HgYunD8SrRBn7Cd3IkW0Y',
+  d: 'obICV-HOWkxrAo7oVH9CjuMwWtFSewwTHRusFbzImYw',
+  kid: 'es256-1',
+  alg: 'ES256',
+  use: 'sig',
+};
+let signingKeys = [...DEV_KEYSTORE.keys.map((key) => ({ ...key, alg: 'RS256' })), FIXED_EC_KEY];
+// The kid that signs access tokens now.
+let accessTokenKid = signingKeys.find((key) => key.alg === accessTokenAlg).kid;
+
+function newKey(alg) {
+  const { privateKey } = alg === 'ES256'
+    ? crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    : crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const kid = `${alg.toLowerCase()}-${crypto.randomBytes(4).toString('hex')}`;
+  return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
+}
+
+const counters = {
+  introspection: 0, revocation: 0, jwks: 0, introspection_max_inflight: 0,
+};
 let introspectionInflight = 0;
-const ROUTES = { introspection: '/token/introspection', revocation: '/token/revocation' };
+const ROUTES = {
+  introspection: '/token/introspection', revocation: '/token/revocation', jwks: '/jwks',
+};
 
 const configuration = {
   clients: [{
@@ -102,6 +146,7 @@ const configuration = {
     redirect_uris: [],
   }],
   cookies: { keys: ['matrix-oidc-bridge-test-issuer'] },
+  jwks: { keys: signingKeys },
   routes: ROUTES,
   findAccount(_ctx, id) {
     // devInteractions accepts any login; the typed login is the account id (Matrix localpart).
@@ -156,7 +201,9 @@ const configuration = {
           audience: MATRIX_RESOURCE,
           accessTokenTTL,
           accessTokenFormat,
-          ...(accessTokenFormat === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
+          ...(accessTokenFormat === 'jwt'
+            ? { jwt: { sign: { alg: accessTokenAlg, kid: accessTokenKid } } }
+            : {}),
         };
       },
     },
@@ -222,7 +269,33 @@ provider.registerGrantType('password', async (ctx) => {
   };
 }, new Set(['username', 'password', 'scope']));
 
+function isLoopback(address) {
+  return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
+}
+
+function publishKeys(keys) {
+  signingKeys = keys;
+  initializeKeystore.call(provider, { keys: signingKeys });
+}
+
 provider.use(async (ctx, next) => {
+  if (ctx.path.startsWith('/_test/') && !isLoopback(ctx.req.socket.remoteAddress)) {
+    ctx.status = 403;
+    return;
+  }
+  if (ctx.path === '/_test/keys/rotate' && ctx.method === 'POST') {
+    const key = newKey(accessTokenAlg);
+    publishKeys([key, ...signingKeys]);
+    accessTokenKid = key.kid;
+    ctx.body = { kid: key.kid, kids: signingKeys.map((k) => k.kid) };
+    return;
+  }
+  if (ctx.path === '/_test/keys/retire' && ctx.method === 'POST') {
+    publishKeys(signingKeys.filter((k) => k.alg !== accessTokenAlg || k.kid === accessTokenKid));
+    ctx.body = { kids: signingKeys.map((k) => k.kid) };
+    return;
+  }
+  if (ctx.method === 'GET' && ctx.path === ROUTES.jwks) counters.jwks += 1;
   if (ctx.path === '/_test/counters' && ctx.method === 'GET') {
     ctx.body = { ...counters };
     return;

@@ -3,7 +3,9 @@
 ``start_issuer()`` runs ``node tests/oidc-provider/server.mjs`` on 127.0.0.1 with a confidential
 "bridge" client allowed to introspect and revoke every token (client_secret_basic or
 client_secret_post, same credentials). The issuer string has a trailing slash:
-``http://127.0.0.1:<port>/``.
+``http://127.0.0.1:<port>/``. With ``access_token_format="jwt"`` it issues RFC 9068 JWT
+access tokens signed with ``access_token_alg`` (RS256 or ES256), and can rotate its keys
+while it runs (:meth:`TestIssuer.rotate_keys`, :meth:`TestIssuer.retire_keys`).
 
 ``obtain_token()`` logs in the way a Matrix client does (MSC2966 dynamic registration, then
 authorization code + PKCE through the issuer's development login and consent forms).
@@ -56,6 +58,7 @@ class TestIssuer:
     bridge_client_id: str
     bridge_client_secret: str
     access_token_format: str = "opaque"
+    access_token_alg: str = "RS256"
     access_token_ttl: int = 3600
     # Introspection also accepts ``Authorization: Bearer <this>``, as MAS accepts its
     # matrix.secret (bridges with ``issuer.kind: mas``).
@@ -77,6 +80,7 @@ class TestIssuer:
             "BRIDGE_CLIENT_ID": self.bridge_client_id,
             "BRIDGE_CLIENT_SECRET": self.bridge_client_secret,
             "ACCESS_TOKEN_FORMAT": self.access_token_format,
+            "ACCESS_TOKEN_ALG": self.access_token_alg,
             "ACCESS_TOKEN_TTL": str(self.access_token_ttl),
             "MAS_SHARED_SECRET": self.mas_shared_secret,
         }
@@ -118,11 +122,31 @@ class TestIssuer:
         """Number of introspection requests the issuer received since start or last reset."""
         return self.counters()["introspection"]
 
+    def jwks_count(self) -> int:
+        """Number of JWKS requests the issuer received since start or last reset."""
+        return self.counters()["jwks"]
+
     def reset_counters(self) -> None:
         """Set the issuer's request counters back to zero."""
         request = urllib.request.Request(f"{self._base}/_test/counters/reset", method="POST")
         with urllib.request.urlopen(request, timeout=5):
             pass
+
+    def rotate_keys(self) -> str:
+        """Publish a new signing key (first) and sign every access token with it from now
+        on; the old keys stay published. Returns the new key's kid."""
+        return str(self._post("/_test/keys/rotate")["kid"])
+
+    def retire_keys(self) -> list[str]:
+        """Unpublish every key of the access-token algorithm but the signing one; the
+        kids still published."""
+        return [str(kid) for kid in self._post("/_test/keys/retire")["kids"]]
+
+    def _post(self, path: str) -> dict[str, Any]:
+        request = urllib.request.Request(f"{self._base}{path}", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            answer: dict[str, Any] = json.load(resp)
+            return answer
 
     @property
     def _base(self) -> str:
@@ -134,6 +158,7 @@ def start_issuer(
     access_token_format: str = "opaque",  # noqa: S107 - a format name, not a secret
     port: int | None = None,
     access_token_ttl: int = 3600,
+    access_token_alg: str = "RS256",  # noqa: S107 - an algorithm name
 ) -> TestIssuer:
     """Start the test issuer and return it once its discovery document answers."""
     if not (ISSUER_DIR / "node_modules" / "oidc-provider").is_dir():
@@ -148,6 +173,7 @@ def start_issuer(
         bridge_client_id="matrix-oidc-bridge",
         bridge_client_secret=secrets.token_urlsafe(32),
         access_token_format=access_token_format,
+        access_token_alg=access_token_alg,
         access_token_ttl=access_token_ttl,
     )
     issuer.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -96,11 +97,13 @@ def bridge_config_document(
     public_baseurl: str = "http://127.0.0.1:8008/",
     strategy: Strategy = "masquerade",
     store_path: Path | None = None,
+    issuer_settings: Mapping[str, object] | None = None,
     **extra: object,
 ) -> dict[str, object]:
     """The YAML document (as a dict) a test or the demo feeds to the bridge.
 
     ``device_login`` needs ``store_path`` (a SQLite file) unless ``extra`` has a store.
+    ``issuer_settings`` are merged into the issuer section (``validation``, ``jwt``, ...).
     """
     if store_path is not None:
         extra = {"store": store_section(store_path), **extra}
@@ -121,6 +124,7 @@ def bridge_config_document(
                 "client_id": issuer.bridge_client_id,
                 "client_secret": issuer.bridge_client_secret,
             },
+            **(issuer_settings or {}),
         },
         **extra,
     }

@@ -1,0 +1,385 @@
+"""Attacks on JWT access-token validation, end to end through the bridge.
+
+Table-driven: each attack is one named test that sends one forged or broken
+token to a bridge in ``issuer.validation: jwt`` mode and must get 401 (with
+``soft_logout`` false, except for a token that merely expired), while the
+recording fake homeserver gets nothing at all, the issuer is never asked to
+introspect, and no URL named in the token (``jku``, ``x5u``) is fetched.
+Then the floods: one unknown ``kid`` 1,000 times at once, and 1,000 random
+``kid``s at once, each reaching the issuer's JWKS at most once per cooldown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from tests.fakes import (
+    BridgeClient,
+    FakeHomeserver,
+    FakeIssuer,
+    SigningKey,
+    bridge_config,
+    start_bridge,
+)
+
+WHOAMI = "/_matrix/client/v3/account/whoami"
+COOLDOWN = 1.0
+
+
+@dataclass
+class Attacker:
+    """A server an attacker controls: counts every request (jku, x5u must never reach it)."""
+
+    url: str = ""
+    requests: int = 0
+
+
+@pytest.fixture
+async def attacker(aiohttp_server: AiohttpServer) -> Attacker:
+    attacker = Attacker()
+
+    async def anything(_request: web.Request) -> web.Response:
+        attacker.requests += 1
+        return web.json_response({"keys": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    server = await aiohttp_server(app)
+    attacker.url = str(server.make_url("/"))
+    return attacker
+
+
+@pytest.fixture
+async def issuer(aiohttp_server: AiohttpServer) -> FakeIssuer:
+    return await FakeIssuer.start(aiohttp_server)
+
+
+def jwt_config(**jwt: Any) -> dict[str, Any]:
+    settings = {"jwks_refetch_cooldown": COOLDOWN, **jwt}
+    return {"issuer": {"validation": "jwt", "introspection": None, "jwt": settings}}
+
+
+@pytest.fixture
+async def bridge(
+    aiohttp_client: AiohttpClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> BridgeClient:
+    config = bridge_config(issuer.url, homeserver.url, jwt_config())
+    bridge = await start_bridge(aiohttp_client, config)
+    assert issuer.jwks_requests == 1  # fetched at start
+    return bridge
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# ---------------------------------------------------------------------------------------
+# Forging
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64json(document: Mapping[str, Any]) -> str:
+    return b64(json.dumps(document).encode())
+
+
+def hmac_signed(secret: bytes, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    """An HS256/HS512 token made by hand (PyJWT refuses to use a public key as a secret)."""
+    digest = hashlib.sha512 if header["alg"] == "HS512" else hashlib.sha256
+    signing_input = f"{b64json(header)}.{b64json(claims)}"
+    signature = hmac.new(secret, signing_input.encode(), digest).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def unsigned(header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    return f"{b64json(header)}.{b64json(claims)}."
+
+
+def public_pem(issuer: FakeIssuer) -> bytes:
+    key = issuer.key("RS256").private.public_key()
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def stranger(alg: str = "RS256", kid: str = "rs-1") -> SigningKey:
+    """A key of the attacker's, under any kid it likes."""
+    return SigningKey.make(alg, kid, n=7)
+
+
+def tampered(issuer: FakeIssuer) -> str:
+    header, _payload, signature = issuer.sign().split(".")
+    return f"{header}.{b64json(issuer.access_claims(username='admin'))}.{signature}"
+
+
+def stripped(issuer: FakeIssuer) -> str:
+    header, payload, _signature = issuer.sign().split(".")
+    return f"{header}.{payload}."
+
+
+def id_token(issuer: FakeIssuer, audience: str) -> str:
+    """An ID token as the issuer signs one: typ JWT, a nonce, no scope."""
+    claims = issuer.access_claims(audience=audience, scope=None, nonce="n-0S6_WzA2Mj")
+    return issuer.sign(claims, typ="JWT")
+
+
+def claims_with(issuer: FakeIssuer, **changes: Any) -> str:
+    claims = issuer.access_claims()
+    for name, value in changes.items():
+        if value is None:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return issuer.sign(claims)
+
+
+Forge = Callable[[FakeIssuer, Attacker], str]
+NOW = int(time.time())
+API = "urn:matrix:client:api:*"
+
+
+@dataclass(frozen=True)
+class Case:
+    forge: Forge
+    errcode: str = "M_UNKNOWN_TOKEN"
+    soft_logout: bool = False
+    # Whether the JWKS may be fetched once more (a kid the bridge does not hold).
+    refetch: bool = False
+
+
+ATTACKS: dict[str, Case] = {
+    # -- algorithms --------------------------------------------------------------------
+    "alg-none": Case(
+        lambda i, a: unsigned({"alg": "none", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims())
+    ),
+    "alg-None-capitalised": Case(
+        lambda i, a: unsigned({"alg": "None", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims())
+    ),
+    "alg-missing": Case(lambda i, a: unsigned({"typ": "at+jwt", "kid": "rs-1"}, i.access_claims())),
+    "hs256-with-the-issuers-public-key-pem": Case(
+        lambda i, a: hmac_signed(
+            public_pem(i), {"alg": "HS256", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims()
+        )
+    ),
+    "hs256-with-the-issuers-public-key-jwk": Case(
+        lambda i, a: hmac_signed(
+            json.dumps(i.key("RS256").jwk).encode(),
+            {"alg": "HS256", "typ": "at+jwt", "kid": "rs-1"},
+            i.access_claims(),
+        )
+    ),
+    "hs512-with-the-issuers-public-key-pem": Case(
+        lambda i, a: hmac_signed(
+            public_pem(i), {"alg": "HS512", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims()
+        )
+    ),
+    "rs256-naming-the-issuers-ec-key": Case(
+        lambda i, a: i.sign(key=i.key("RS256"), headers={"kid": "es-1"})
+    ),
+    "es256-naming-the-issuers-rsa-key": Case(
+        lambda i, a: i.sign(key=i.key("ES256"), headers={"kid": "rs-1"})
+    ),
+    "es256-header-over-an-rs256-signature": Case(
+        lambda i, a: (
+            b64json({"alg": "ES256", "typ": "at+jwt", "kid": "es-1"})
+            + "."
+            + ".".join(i.sign().split(".")[1:])
+        )
+    ),
+    # -- keys --------------------------------------------------------------------------
+    "rs256-signed-by-a-stranger-under-the-issuers-kid": Case(
+        lambda i, a: i.sign(key=stranger("RS256", "rs-1"))
+    ),
+    "es256-signed-by-a-stranger-under-the-issuers-kid": Case(
+        lambda i, a: i.sign(key=stranger("ES256", "es-1"))
+    ),
+    "kid-not-in-the-jwks": Case(lambda i, a: i.sign(key=stranger("RS256", "rogue")), refetch=True),
+    "strangers-key-embedded-as-jwk-header": Case(
+        lambda i, a: i.sign(key=(k := stranger("RS256", "embedded")), headers={"jwk": k.jwk}),
+        refetch=True,
+    ),
+    "jku-header-to-the-attacker": Case(
+        lambda i, a: i.sign(key=stranger("RS256", "via-jku"), headers={"jku": a.url + "jwks"}),
+        refetch=True,
+    ),
+    "x5u-header-to-the-attacker": Case(
+        lambda i, a: i.sign(key=stranger("RS256", "via-x5u"), headers={"x5u": a.url + "cert"}),
+        refetch=True,
+    ),
+    "crit-header-signed-by-the-issuer": Case(lambda i, a: i.sign(headers={"crit": ["exp"]})),
+    "signature-stripped": Case(lambda i, a: stripped(i)),
+    "payload-tampered": Case(lambda i, a: tampered(i)),
+    "not-a-jwt": Case(lambda i, a: "opaque-token-in-jwt-mode"),
+    # -- type --------------------------------------------------------------------------
+    "typ-missing": Case(lambda i, a: i.sign(typ=None)),
+    "typ-JWT": Case(lambda i, a: i.sign(typ="JWT")),
+    "id-token": Case(lambda i, a: id_token(i, "element")),
+    "id-token-for-our-audience": Case(lambda i, a: id_token(i, "https://matrix.example.test/")),
+    # -- issuer and audience -----------------------------------------------------------
+    "iss-another-issuer": Case(lambda i, a: claims_with(i, iss="https://evil.example/")),
+    "iss-without-the-trailing-slash": Case(lambda i, a: claims_with(i, iss=i.url.rstrip("/"))),
+    "iss-with-a-second-trailing-slash": Case(lambda i, a: claims_with(i, iss=i.url + "/")),
+    "iss-missing": Case(lambda i, a: claims_with(i, iss=None)),
+    "aud-missing": Case(lambda i, a: claims_with(i, aud=None)),
+    "aud-wrong": Case(lambda i, a: claims_with(i, aud="https://other.example/")),
+    "aud-list-without-ours": Case(lambda i, a: claims_with(i, aud=["a", "b"])),
+    # -- time --------------------------------------------------------------------------
+    "exp-past-beyond-leeway": Case(lambda i, a: claims_with(i, exp=NOW - 120), soft_logout=True),
+    "exp-missing": Case(lambda i, a: claims_with(i, exp=None)),
+    "exp-as-a-string": Case(lambda i, a: claims_with(i, exp=str(NOW + 3600))),
+    "exp-as-true": Case(lambda i, a: claims_with(i, exp=True)),
+    "exp-infinity": Case(lambda i, a: claims_with(i, exp=float("inf"))),
+    "nbf-in-the-future": Case(lambda i, a: claims_with(i, nbf=NOW + 3600)),
+    "iat-in-the-future": Case(lambda i, a: claims_with(i, iat=NOW + 3600)),
+    # -- identity ----------------------------------------------------------------------
+    "no-api-scope": Case(lambda i, a: claims_with(i, scope="openid urn:matrix:client:device:D")),
+    "api-scope-as-a-list-in-scope": Case(lambda i, a: claims_with(i, scope=[API])),
+    "two-device-scopes": Case(
+        lambda i, a: claims_with(
+            i, scope=f"{API} urn:matrix:client:device:ONE urn:matrix:client:device:TWO"
+        )
+    ),
+    "device-id-with-characters-outside-the-set": Case(
+        lambda i, a: claims_with(i, scope=f"{API} urn:matrix:client:device:dev%20ice")
+    ),
+    "device-id-claim-with-a-quote": Case(lambda i, a: claims_with(i, device_id='dev"ice')),
+    "device-id-over-255-characters": Case(
+        lambda i, a: claims_with(i, scope=f"{API} urn:matrix:client:device:{'D' * 256}")
+    ),
+    "localpart-upper-case": Case(lambda i, a: claims_with(i, username="Alice")),
+    "localpart-with-a-colon": Case(lambda i, a: claims_with(i, username="al:ice")),
+    "localpart-missing": Case(lambda i, a: claims_with(i, username=None)),
+    # -- transport ---------------------------------------------------------------------
+    "token-of-64-KiB": Case(lambda i, a: "eyJ" + "A" * (64 * 1024)),
+    "bearer-with-nothing-after-it": Case(lambda i, a: "", errcode="M_MISSING_TOKEN"),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+async def test_attack_is_401_and_reaches_no_homeserver(
+    name: str,
+    bridge: BridgeClient,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    attacker: Attacker,
+) -> None:
+    case = ATTACKS[name]
+    token = case.forge(issuer, attacker)
+    resp = await bridge.get(WHOAMI, headers={"Authorization": f"Bearer {token}".rstrip()})
+    assert resp.status == 401
+    body = await resp.json()
+    assert body["errcode"] == case.errcode
+    assert body["error"]
+    if case.errcode == "M_UNKNOWN_TOKEN":
+        assert body["soft_logout"] is case.soft_logout
+    assert homeserver.requests == []
+    assert issuer.introspections == []
+    assert attacker.requests == 0
+    assert issuer.jwks_requests == (2 if case.refetch else 1)
+
+
+async def test_the_valid_token_the_attacks_start_from_is_accepted(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    """The control: without the forgery, the same kind of token works."""
+    for alg in ("RS256", "ES256"):
+        resp = await bridge.get(WHOAMI, headers=bearer(issuer.sign(alg=alg)))
+        assert resp.status == 200
+    (forwarded,) = {(r.query["user_id"], r.query["device_id"]) for r in homeserver.client_requests}
+    assert forwarded == ("@alice:example.test", "DEVA")
+    assert issuer.introspections == []
+
+
+async def test_lower_case_bearer_is_accepted(bridge: BridgeClient, issuer: FakeIssuer) -> None:
+    """RFC 6750 §2.1 with RFC 7235 §2.1: the scheme is case-insensitive."""
+    for scheme in ("bearer", "BEARER", "bEaReR"):
+        resp = await bridge.get(WHOAMI, headers={"Authorization": f"{scheme} {issuer.sign()}"})
+        assert resp.status == 200
+
+
+async def test_a_forged_jwt_is_never_introspected_in_jwt_then_introspection_mode(
+    aiohttp_client: AiohttpClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    config = bridge_config(
+        issuer.url,
+        homeserver.url,
+        {"issuer": {"validation": "jwt_then_introspection"}},
+    )
+    bridge = await start_bridge(aiohttp_client, config)
+    forged = unsigned({"alg": "none", "typ": "at+jwt"}, issuer.access_claims())
+    assert (await bridge.get(WHOAMI, headers=bearer(forged))).status == 401
+    assert issuer.introspections == []
+    # An opaque token is introspected; a valid JWT is not.
+    assert (await bridge.get(WHOAMI, headers=bearer("opaque"))).status == 401
+    assert len(issuer.introspections) == 1
+    assert (await bridge.get(WHOAMI, headers=bearer(issuer.sign()))).status == 200
+    assert len(issuer.introspections) == 1
+    assert homeserver.client_requests
+
+
+# ---------------------------------------------------------------------------------------
+# Floods of unknown kids
+
+
+async def test_one_unknown_kid_sent_1000_times_at_once_is_fetched_for_once(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    issuer.jwks_delay = 0.05
+    token = issuer.sign(key=stranger("RS256", "rogue"))
+    responses = await asyncio.gather(
+        *(bridge.get(WHOAMI, headers=bearer(token)) for _ in range(1000))
+    )
+    assert {r.status for r in responses} == {401}
+    assert issuer.jwks_requests == 2  # the one at start, and one refetch
+    assert homeserver.requests == []
+
+
+async def test_1000_distinct_tokens_with_one_unknown_kid_share_one_fetch(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    issuer.jwks_delay = 0.05
+    key = stranger("ES256", "rogue")
+    tokens = [issuer.sign(issuer.access_claims(jti=str(n)), key=key) for n in range(1000)]
+    responses = await asyncio.gather(*(bridge.get(WHOAMI, headers=bearer(t)) for t in tokens))
+    assert {r.status for r in responses} == {401}
+    assert issuer.jwks_requests == 2
+    assert homeserver.requests == []
+
+
+async def test_1000_random_kids_reach_the_issuer_at_most_once_per_cooldown(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    issuer.jwks_delay = 0.05
+    base = stranger("ES256")
+    for round_ in (1, 2):
+        tokens = [issuer.sign(key=base, headers={"kid": secrets.token_hex(8)}) for _ in range(1000)]
+        responses = await asyncio.gather(*(bridge.get(WHOAMI, headers=bearer(t)) for t in tokens))
+        statuses = {r.status for r in responses}
+        # 401 for those that waited on the refetch, 503 (never 200) during the cooldown.
+        assert statuses <= {401, 503}
+        assert issuer.jwks_requests <= 1 + round_
+        for resp in responses:
+            if resp.status == 503:
+                assert int(resp.headers["Retry-After"]) >= 1
+        await asyncio.sleep(COOLDOWN * 1.1)
+    assert homeserver.requests == []
+    # A token of the issuer's own stays good throughout.
+    assert (await bridge.get(WHOAMI, headers=bearer(issuer.sign()))).status == 200
