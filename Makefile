@@ -53,6 +53,14 @@ systemd-tools:
 	@command -v systemd-analyze >/dev/null 2>&1 || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd; }
 
+# Chromium for the legacy-SSO browser test: Debian's package (Playwright drives it
+# with executable_path; no browser download), installed only when missing.
+.PHONY: browser
+install: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
 # pytest's own exit code is kept in .pytest-exit-code: make reports every
 # failure as 2, and CI passes pytest's code on (.ci/run).
 test: install

@@ -18,6 +18,7 @@ from bridge import USER_AGENT
 from bridge.auth.cache import CachedAuthenticator, cache_namespace
 from bridge.auth.jwt_access import JwtVerifier
 from bridge.auth.middleware import MAX_HEADER_FIELD, authenticate
+from bridge.auth.not_before import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.auth.verifier import (
     ClaimRules,
@@ -37,6 +38,10 @@ from bridge.issuer.introspection import Introspector
 from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.issuer.oauth import OAuthClient
+from bridge.login import backchannel, matrix, sso
+from bridge.login.jwts import JwtChecks, SigningKeySource
+from bridge.login.service import LoginLayer
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.paths import routing_path
 from bridge.proxy import LONG_POLL, AsSent, Forwarder
@@ -46,17 +51,24 @@ from bridge.routes import client, compat, discovery, mas_api, well_known
 from bridge.routes.cors import add_cors_headers
 from bridge.routes.refused import refuse
 from bridge.state import (
+    APPSERVICE,
     AUTHENTICATOR,
     CONFIG,
     FORWARDER,
+    ISSUER_LIMIT,
     ISSUER_METADATA,
+    ISSUER_SESSION,
     LIVE,
+    LOGIN,
+    LOGOUT_MOMENTS,
     METRICS,
     PATH,
     PROVISIONING,
     RESET_APPROVALS,
     ROUTE_GROUP,
+    SIGNING_KEYS,
     STORE,
+    STRATEGY,
     LiveSettings,
 )
 from bridge.store import open_store
@@ -86,15 +98,17 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         except IssuerUnavailable as e:
             log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
         app[ISSUER_METADATA] = metadata
-        limit = InflightLimit(issuer.max_inflight)
+        app[ISSUER_SESSION] = session
+        limit = app[ISSUER_LIMIT] = InflightLimit(issuer.max_inflight)
         rules = ClaimRules.from_config(config)
         refreshing = [metadata.refresh_forever()]
         verifier: TokenVerifier | None = None
         if issuer.introspection is not None and issuer.validation != "jwt":
             introspector = Introspector(session, metadata, issuer.introspection, limit, metrics)
             verifier = IntrospectionVerifier(introspector, rules)
-        if issuer.validation != "introspection":
-            keys = SigningKeys(
+        if issuer.validation != "introspection" or config.login is not None:
+            # JWT access tokens, and the login layer's ID and logout tokens.
+            keys = app[SIGNING_KEYS] = SigningKeys(
                 session,
                 metadata,
                 issuer,
@@ -106,7 +120,8 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
                 with contextlib.suppress(IssuerUnavailable):  # logged; retried
                     await keys.fetch()
             refreshing.append(keys.refresh_forever())
-            jwt_verifier = JwtVerifier(keys, metadata, config, rules)
+        if issuer.validation != "introspection":
+            jwt_verifier = JwtVerifier(app[SIGNING_KEYS], metadata, config, rules)
             verifier = (
                 jwt_verifier if verifier is None else JwtThenIntrospection(jwt_verifier, verifier)
             )
@@ -207,11 +222,130 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
             long_poll_session=long_poll_session,
             metrics=app[METRICS],
         )
+        app[FORWARDER].logged_out = app[LOGOUT_MOMENTS].refuses
+        app[STRATEGY] = strategy
+        app[APPSERVICE] = appservice
         if config.issuer.kind == "mas":
             app[PROVISIONING] = Provisioning(
                 appservice, strategy, app[AUTHENTICATOR], app[RESET_APPROVALS], config
             )
         yield
+
+
+# How often expired login secrets, logout token IDs and old moments are dropped.
+_SWEEP_INTERVAL = 60.0
+
+
+def signing_keys(app: web.Application) -> SigningKeySource | None:
+    """The issuer's JWKS (:class:`bridge.issuer.jwks.SigningKeys`), for ID and logout
+    tokens: always there with a login section."""
+    return app.get(SIGNING_KEYS)
+
+
+async def login_layer(app: web.Application) -> AsyncIterator[None]:
+    """The legacy login layer (with a ``login`` section): its OAuth client, the logout
+    moments read from the store and then followed, and the store's sweeping."""
+    config = app[CONFIG]
+    if config.login is None:
+        yield
+        return
+    store = app[STORE]
+    moments = app[LOGOUT_MOMENTS]
+    client_id, client_secret, client_auth = config.login.client(config.issuer.introspection)
+    oauth = OAuthClient(
+        app[ISSUER_SESSION],
+        app[ISSUER_METADATA],
+        app[ISSUER_LIMIT],
+        client_id=client_id,
+        client_secret=client_secret,
+        client_auth=client_auth,
+        timeout=config.issuer.timeout,
+        metrics=app[METRICS],
+    )
+    jwts = JwtChecks(
+        issuer=config.issuer.issuer,
+        client_id=client_id,
+        algorithms=config.login.signing_algorithms,
+        keys=signing_keys(app),
+    )
+    app[LOGIN] = LoginLayer(
+        config=config,
+        oauth=oauth,
+        jwts=jwts,
+        store=store,
+        authenticator=app[AUTHENTICATOR],
+        moments=moments,
+        strategy=app[STRATEGY],
+        appservice=app[APPSERVICE],
+    )
+    # Before the first request: every moment already recorded.
+    moments.apply(await store.logout_moments_since(0))
+    retention = config.login.logout_retention
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            now = int(time.time())
+            try:
+                await store.sweep(now, int(now - retention))
+            except Exception as e:  # the next sweep tries again
+                log.warning("sweeping the store failed: %s", type(e).__name__)
+            moments.prune(int(now - retention))
+
+    tasks = [
+        asyncio.create_task(
+            store.follow_logout_moments(moments.apply, interval=config.login.sync_interval)
+        ),
+        asyncio.create_task(sweep_forever()),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _drop_cached_sessions(app: web.Application, user_id: str, device_id: str | None) -> None:
+    """A logout moment was applied: its sessions leave the token cache at once."""
+    authenticator = app.get(AUTHENTICATOR)
+    if authenticator is None:
+        return
+    if device_id is None:
+        authenticator.forget_user(user_id)
+    else:
+        authenticator.forget_device(user_id, device_id)
+
+
+@web.middleware
+async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's concerns, in order, in one layer (each layer costs):
+
+    1. the one routing path (:mod:`bridge.paths`), refusing any path a homeserver
+       could read differently; every decision below is taken on it;
+    2. CORS preflight: 204, without a token or the homeserver;
+    3. closed doors, appservice-only endpoints, the admin allow-list
+       (:mod:`bridge.routes.refused`);
+    4. the token, on forwarded routes (:mod:`bridge.auth.middleware`);
+    5. the route's handler;
+
+    and any failure as Matrix JSON (:func:`bridge.errors.error_response`); every
+    answer with CORS headers (:mod:`bridge.routes.cors`).
+    """
+    response: web.StreamResponse
+    try:
+        path = request[PATH] = routing_path(request.raw_path)
+        if request.method == "OPTIONS":
+            response = web.Response(status=204)
+        else:
+            await refuse(request, path)
+            await authenticate(request)
+            response = await handler(request)
+    except Exception as e:
+        response = error_response(request, e)
+    if not response.prepared:  # a streamed answer got them before it was
+        add_cors_headers(response.headers)
+    return response
 
 
 # Route name prefix → route group (bridge.metrics.ROUTE_GROUPS); forwarded routes
@@ -220,6 +354,7 @@ _GROUP_OF_PREFIX = {
     "well_known": "well_known",
     "discovery": "discovery",
     "compat": "compat",
+    "login": "login",
     "mas": "provisioning",
 }
 
@@ -305,10 +440,14 @@ def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Appl
     app[METRICS] = metrics
     app[LIVE] = LiveSettings.from_config(config)
     app[RESET_APPROVALS] = CrossSigningResetApprovals()
+    app[LOGOUT_MOMENTS] = LogoutMoments(
+        on_logout=lambda user_id, device_id: _drop_cached_sessions(app, user_id, device_id)
+    )
     app.cleanup_ctx.append(probe_homeserver)
     app.cleanup_ctx.append(issuer_client)
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(homeserver_client)
+    app.cleanup_ctx.append(login_layer)
     app.cleanup_ctx.append(sample_metrics)
     well_known.add_routes(app)
     discovery.add_routes(app)
@@ -317,5 +456,10 @@ def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Appl
         mas_api.add_routes(app)
         # Legacy login, logout and refresh: MAS's compatibility layer.
         compat.add_routes(app)
+    elif config.login is not None:
+        # Legacy login, logout and refresh, and back-channel logout: the bridge's own.
+        matrix.add_routes(app)
+        sso.add_routes(app)
+        backchannel.add_routes(app)
     client.add_routes(app)
     return app

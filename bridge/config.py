@@ -625,6 +625,93 @@ class StoreConfig(Section):
         return self
 
 
+_SIGNING_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+# What a redirectUrl allow-list entry may be: an absolute URL prefix.
+_URL_PREFIX = re.compile(r"[a-z][a-z0-9+.-]*:\S*")
+
+
+def _redirect_prefix(value: str) -> str:
+    if not _URL_PREFIX.fullmatch(value):
+        raise ValueError(f"{value!r} must be an absolute URL prefix (scheme:...)")
+    parts = urlsplit(value)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r} must not have a query, fragment or user information")
+    return value
+
+
+def _signing_algorithm(value: str) -> str:
+    if value not in _SIGNING_ALGORITHMS:
+        raise ValueError(
+            f"{value!r} is not an asymmetric JWS algorithm (none and HMAC are never accepted)"
+        )
+    return value
+
+
+class LoginConfig(Section):
+    """The bridge's own legacy login layer (issuer.kind: oidc): SSO redirect,
+    m.login.token, refresh, logout and back-channel logout, served by the bridge as a
+    confidential OAuth client of the issuer (bridge.login). Needs the store."""
+
+    client_id: Text | None = None
+    """The bridge's client at the issuer. Default: the introspection client's."""
+    client_secret: Text | None = Field(default=None, repr=False)
+    """Its secret. Default: the introspection client's."""
+    client_secret_file: Text | None = None
+    """A file holding client_secret, instead of client_secret itself."""
+    client_auth: Literal["client_secret_basic", "client_secret_post"] | None = None
+    """How the client authenticates. Default: as the introspection client does."""
+    redirect_url_allowlist: tuple[Annotated[Text, AfterValidator(_redirect_prefix)], ...] = ()
+    """Where an SSO login may return to (redirectUrl): URL prefixes, matched on scheme,
+    host and port exactly and on the path segment by segment. Empty: anywhere, as
+    Synapse (the confirmation page names the client's host)."""
+    extra_scopes: tuple[Text, ...] = ()
+    """Scopes asked for beyond openid, the Matrix API scope and the device scope."""
+    idp_id: Annotated[Text, Field(pattern=r"^[A-Za-z0-9._~-]{1,64}$")] = "oidc"
+    """The one identity provider listed in the m.login.sso flow."""
+    idp_name: Text = "Single sign-on"
+    flow_ttl: Annotated[Seconds, Field(ge=30.0)] = 600.0
+    """Seconds an SSO flow may take from the redirect to the confirmation."""
+    login_token_ttl: Annotated[Seconds, Field(ge=5.0)] = 120.0
+    """Seconds a loginToken may wait for its POST /login (one use)."""
+    password_grant: Flag = False
+    """m.login.password exchanged at the issuer's token endpoint (resource owner
+    password credentials). Off: see README."""
+    logout_retention: Annotated[Seconds, Field(ge=60.0)] = 7 * 86400.0
+    """Seconds a logout's "not before" moment is kept: longer than the issuer's access
+    tokens live."""
+    sync_interval: Annotated[Seconds, Field(ge=0.05)] = 1.0
+    """SQLite: seconds between looks for other processes' logouts (PostgreSQL
+    announces them at once with LISTEN/NOTIFY)."""
+    signing_algorithms: tuple[Annotated[Text, AfterValidator(_signing_algorithm)], ...] = (
+        "RS256",
+        "PS256",
+        "ES256",
+        "EdDSA",
+    )
+    """Signature algorithms accepted on ID tokens and logout tokens."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return _secrets_from_files(data, ("client_secret",))
+
+    def client(self, introspection: IntrospectionConfig | None) -> tuple[str, str, str]:
+        """(client_id, client_secret, client_auth), the introspection client's by default."""
+        client_id = self.client_id or (introspection.client_id if introspection else None)
+        secret = self.client_secret or (introspection.client_secret if introspection else None)
+        default_auth = (
+            introspection.auth
+            if introspection is not None and introspection.auth != "mas_shared_secret"
+            else "client_secret_basic"
+        )
+        # Both checked by BridgeConfig.
+        assert client_id is not None
+        assert secret is not None
+        return client_id, secret, self.client_auth or default_auth
+
+
 class BridgeConfig(Section):
     """The whole configuration of matrix-oidc-bridge."""
 
@@ -644,6 +731,9 @@ class BridgeConfig(Section):
     """None when the file has no store section: the bridge then keeps nothing."""
     ops: OpsConfig = OpsConfig()
     logging: LoggingConfig = LoggingConfig()
+    login: LoginConfig | None = None
+    """None when the file has no login section: legacy login is then forwarded to the
+    homeserver (GET/POST /login) or refused (/logout), as before."""
 
     @field_validator("server_name")
     @classmethod
@@ -658,6 +748,24 @@ class BridgeConfig(Section):
             raise SettingError(
                 "store", "is required with homeserver.strategy: device_login (it keeps the tokens)"
             )
+        if self.login is not None:
+            if self.issuer.kind != "oidc":
+                raise SettingError(
+                    "login", "is only for issuer.kind: oidc (MAS serves legacy login itself)"
+                )
+            if self.store is None:
+                raise SettingError(
+                    "login", "needs the store section (login tokens, sessions and logouts)"
+                )
+            introspection = self.issuer.introspection
+            if self.login.client_id is None and (
+                introspection is None or introspection.client_id is None
+            ):
+                raise SettingError("login.client_id", "is required (the introspection has none)")
+            if self.login.client_secret is None and introspection is None:
+                raise SettingError(
+                    "login.client_secret", "is required (there is no introspection client)"
+                )
         return self
 
 

@@ -52,6 +52,7 @@ ROUTE_GROUPS: Final = (
     "well_known",  # /.well-known/matrix/*
     "discovery",  # auth_metadata, auth_issuer
     "compat",  # legacy login, logout and refresh, to MAS
+    "login",  # legacy login, SSO, logout, refresh, back-channel logout: the bridge's own
     "provisioning",  # MAS's /_synapse/mas/*
     "other",  # anything unrouted (404) or refused before routing
 )

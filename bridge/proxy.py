@@ -50,7 +50,7 @@ from yarl import URL
 
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
-from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError
+from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError, UnknownToken
 from bridge.headers import HOP_BY_HOP, connection_named, upstream_headers
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
@@ -184,6 +184,10 @@ class Forwarder:
         metrics: Metrics | None = None,
     ) -> None:
         homeserver = config.homeserver
+        # Whether an identity's token has been logged out since it was checked
+        # (bridge.auth.not_before): asked before healing, so that a request that
+        # was in flight during a logout cannot provision the device again.
+        self.logged_out: Callable[[Identity], bool] = lambda _identity: False
         self._metrics = metrics if metrics is not None else Metrics()
         self._duration = self._metrics.homeserver_call_duration["forward"]
         self._long_poll_duration = self._metrics.homeserver_call_duration["long_poll"]
@@ -300,6 +304,7 @@ class Forwarder:
                 metrics=self._metrics,
             )
             if attempt == 0 and lost_identity(status, answer):
+                self._refuse_if_logged_out(identity)
                 await self._strategy.heal(identity, authorization)
                 continue
             break
@@ -376,6 +381,7 @@ class Forwarder:
             if attempt == 1:
                 log.error("the homeserver refused the device the bridge provisioned again")
                 raise HomeserverUnavailable("The homeserver refused the gateway's credentials")
+            self._refuse_if_logged_out(identity)
             log.warning("the homeserver lost a provisioned device; provisioning it again")
             await self._strategy.heal(identity, authorization)
             if not retryable:
@@ -385,6 +391,10 @@ class Forwarder:
                     headers={"Retry-After": "0"},
                 )
         raise AssertionError("unreachable")
+
+    def _refuse_if_logged_out(self, identity: Identity) -> None:
+        if self.logged_out(identity):
+            raise UnknownToken("Token has been logged out")
 
     def _route(self, request: web.Request) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
         """The pool and the read timeout: a long poll waits for its own ``timeout``."""

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import Identity
+from bridge.auth.not_before import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.config import BridgeConfig, WellKnownConfig
+from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.provisioning import Provisioning
+from bridge.homeserver.strategy import IdentityStrategy
+from bridge.issuer.jwks import SigningKeys
+from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.login.service import LoginLayer
 from bridge.metrics import Metrics
 from bridge.proxy import Forwarder
 from bridge.store import Store
@@ -41,6 +48,17 @@ STORE = web.AppKey("store", Store)
 RESET_APPROVALS = web.AppKey("reset_approvals", CrossSigningResetApprovals)
 # MAS's provisioning API, only with issuer.kind: mas.
 PROVISIONING = web.AppKey("provisioning", Provisioning)
+# The issuer's pooled session and the bound on calls in flight to it.
+ISSUER_SESSION = web.AppKey("issuer_session", aiohttp.ClientSession)
+ISSUER_LIMIT = web.AppKey("issuer_limit", InflightLimit)
+# The issuer's JWKS: with JWT access tokens or the login layer (its ID and logout tokens).
+SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
+STRATEGY = web.AppKey("strategy", IdentityStrategy)
+APPSERVICE = web.AppKey("appservice", AppserviceClient)
+# Logout moments (always there; empty unless the login layer records some).
+LOGOUT_MOMENTS = web.AppKey("logout_moments", LogoutMoments)
+# The legacy login layer, only with a login section (issuer.kind: oidc).
+LOGIN = web.AppKey("login", LoginLayer)
 
 # The routing path (bridge.paths.routing_path), set by the first routing middleware.
 PATH: web.RequestKey[str] = web.RequestKey("path")

@@ -43,6 +43,9 @@ class Identity:
     # The token grants Synapse's admin API scope (urn:synapse:admin:*). Not part of
     # the identity's equality: the same device is the same device either way.
     admin: bool = field(default=False, compare=False)
+    # The token's ``iat`` (Unix seconds) where the issuer said, for the logout
+    # moments (bridge.auth.not_before). Not part of the identity either.
+    issued_at: float | None = field(default=None, compare=False)
 
     @property
     def device(self) -> DeviceID:
@@ -113,11 +116,15 @@ def identity_from_claims(
     user_id = f"@{localpart}:{server_name}"
     if len(user_id) > _MAX_USER_ID:
         raise _refused("bad_localpart", "Token's user ID is too long")
+    iat = claims.get("iat")
     return Identity(
         UserID(user_id),
         None if device is None else DeviceID(device),
         localpart,
         admin=ADMIN_SCOPE in scopes,
+        issued_at=float(iat)
+        if isinstance(iat, int | float) and not isinstance(iat, bool)
+        else None,
     )
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bridge.errors import BadRequest, MissingToken, UnknownToken
 from bridge.paths import CLIENT
-from bridge.state import AUTHENTICATOR, IDENTITY, PATH
+from bridge.state import AUTHENTICATOR, IDENTITY, LOGOUT_MOMENTS, PATH
 
 FORWARDED_ROUTE = "forward:"
 
@@ -101,4 +101,8 @@ async def authenticate(request: web.Request) -> None:
         identity = authenticator.cached(token)
         if identity is None:
             identity = await authenticator.authenticate(token)
+        # A token issued before a logout of its device or user (bridge.auth.not_before):
+        # two dict lookups, whatever the cache still holds.
+        if request.app[LOGOUT_MOMENTS].refuses(identity):
+            raise UnknownToken("Token has been logged out")
         request[IDENTITY] = identity

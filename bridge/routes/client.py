@@ -79,7 +79,7 @@ async def alias_creation(
 ) -> web.StreamResponse:
     """``PUT /directory/room/{alias}``: only for a room the user is in, outside other
     appservices' exclusive namespaces."""
-    body, parsed = await _read_json_object(request)
+    body, parsed = await read_json_object(request)
     _alias_not_exclusive(request, alias)
     forwarder = request.app[FORWARDER]
     await privileges.check_alias_creation(forwarder, identity, parsed.get("room_id"))
@@ -88,14 +88,14 @@ async def alias_creation(
 
 async def room_creation(request: web.Request, identity: Identity) -> web.StreamResponse:
     """``POST /createRoom`` with ``room_alias_name``: not in another appservice's namespace."""
-    body, parsed = await _read_json_object(request)
+    body, parsed = await read_json_object(request)
     name = parsed.get("room_alias_name")
     if isinstance(name, str):
         _alias_not_exclusive(request, f"#{name}:{request.app[CONFIG].server_name}")
     return await request.app[FORWARDER].forward(request, identity, body=body)
 
 
-async def _read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk
@@ -112,7 +112,7 @@ async def _read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]
 
 async def login(request: web.Request) -> web.StreamResponse:
     """``POST /login``: forwarded, except the appservice login type."""
-    body, parsed = await _read_json_object(request)
+    body, parsed = await read_json_object(request)
     if parsed.get("type") == "m.login.application_service":
         request.app[METRICS].closed_door["appservice_login"].inc()
         raise refusal(request, "Application-service login")
@@ -128,7 +128,7 @@ async def signing_keys_upload(request: web.Request) -> web.StreamResponse:
     approval up, as Synapse's window closes on one.
     """
     identity = request[IDENTITY]
-    body, parsed = await _read_json_object(request)
+    body, parsed = await read_json_object(request)
     forwarder = request.app[FORWARDER]
     changed = await _changed_cross_signing_keys(forwarder, identity, parsed) if identity else set()
     if identity is not None and changed:

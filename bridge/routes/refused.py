@@ -192,8 +192,11 @@ def admin_api_allowed(allowlist: tuple[str, ...], path: str) -> bool:
 async def refuse(request: web.Request, path: str) -> None:
     """Raise the refusal of a closed door, an appservice-only endpoint or an admin
     path outside the allow-list; nothing for anything else."""
-    if request.app[CONFIG].issuer.kind == "mas" and COMPAT_PATH.match(request.rel_url.raw_path):
-        return  # MAS's compatibility layer (bridge.routes.compat)
+    config = request.app[CONFIG]
+    if (config.issuer.kind == "mas" or config.login is not None) and COMPAT_PATH.match(
+        request.rel_url.raw_path
+    ):
+        return  # MAS's compatibility layer (bridge.routes.compat) or the bridge's (bridge.login)
     what = closed_door(request.method, path)
     if what is not None:
         request.app[METRICS].closed_door[_RULES[what]].inc()

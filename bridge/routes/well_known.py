@@ -8,20 +8,23 @@ from bridge.errors import NotFound
 from bridge.state import CONFIG, ISSUER_METADATA, LIVE
 
 
-async def client_well_known(request: web.Request) -> web.Response:
+def client_document(request: web.Request) -> dict[str, object]:
+    """``/.well-known/matrix/client``'s content (also a login answer's ``well_known``)."""
     config = request.app[CONFIG]
     authentication = {"issuer": config.issuer.issuer}
     account = request.app[ISSUER_METADATA].account_url()
     if account:
         authentication["account"] = account
-    return web.json_response(
-        {
-            **request.app[LIVE].well_known.client_extra,
-            "m.homeserver": {"base_url": config.public_baseurl},
-            "m.authentication": authentication,
-            "org.matrix.msc2965.authentication": authentication,
-        }
-    )
+    return {
+        **request.app[LIVE].well_known.client_extra,
+        "m.homeserver": {"base_url": config.public_baseurl},
+        "m.authentication": authentication,
+        "org.matrix.msc2965.authentication": authentication,
+    }
+
+
+async def client_well_known(request: web.Request) -> web.Response:
+    return web.json_response(client_document(request))
 
 
 async def server_well_known(request: web.Request) -> web.Response:

@@ -29,9 +29,10 @@ from bridge.errors import ConfigError
 from bridge.store.crypto import TokenCipher
 from bridge.store.lock import LOCK_TIMEOUT
 from bridge.store.postgres import PostgresStore
+from bridge.store.records import ApplyMoments, LoginSession, LogoutMoment
 from bridge.store.sqlite import SqliteStore
 
-__all__ = ["LOCK_TIMEOUT", "Store", "open_store"]
+__all__ = ["LOCK_TIMEOUT", "LoginSession", "LogoutMoment", "Store", "open_store"]
 
 
 class Store(Protocol):
@@ -64,6 +65,71 @@ class Store(Protocol):
 
     async def rotate_key(self) -> int:
         """Re-encrypt every token with the first key; return how many there were."""
+        ...
+
+    # The legacy login layer (bridge.login): see bridge.store.records.
+
+    async def put_secret(
+        self, kind: str, secret: str, binding: str, payload: str, expires_at: int
+    ) -> None:
+        """Keep a one-time ``secret`` of ``kind`` with its ``payload`` (sealed) and the
+        digest of what it is bound to (a browser cookie), until ``expires_at``."""
+        ...
+
+    async def take_secret(self, kind: str, secret: str, now: int) -> tuple[str, str] | None:
+        """Use a one-time secret up, atomically (also across instances): its
+        (binding, payload), or None if it is unknown, used or expired."""
+        ...
+
+    async def save_session(self, session: LoginSession) -> None:
+        """Keep (replace) the session of its device."""
+        ...
+
+    async def session_by_refresh(self, refresh_token: str) -> LoginSession | None:
+        """The session whose client holds ``refresh_token`` now."""
+        ...
+
+    async def replace_refresh(
+        self, user_id: str, device_id: str, old: str, new: str | None
+    ) -> bool:
+        """Swap the session's refresh token, only if it is still ``old`` (a compare
+        and set: two refreshes with one token cannot both win)."""
+        ...
+
+    async def sessions(
+        self, *, user_id: str | None = None, sid: str | None = None, sub: str | None = None
+    ) -> list[LoginSession]:
+        """The sessions matching every criterion given (at least one)."""
+        ...
+
+    async def take_sessions(self, user_id: str, device_id: str | None) -> list[LoginSession]:
+        """Delete the device's session (``device_id`` None: every session of the user) and
+        return what was deleted, atomically: a refresh token swapped in meanwhile is the
+        one returned, never lost."""
+        ...
+
+    async def add_logout_moment(
+        self, user_id: str, device_id: str | None, not_before: int
+    ) -> LogoutMoment:
+        """Record a logout moment and announce it to every instance."""
+        ...
+
+    async def logout_moments_since(self, seq: int) -> list[LogoutMoment]:
+        """The moments recorded after ``seq``, oldest first."""
+        ...
+
+    async def follow_logout_moments(self, apply: ApplyMoments, *, interval: float) -> None:
+        """Run forever: hand every moment recorded (by any instance) to ``apply``, as
+        soon as it is known (PostgreSQL: LISTEN/NOTIFY; SQLite: every ``interval``)."""
+        ...
+
+    async def use_logout_token_id(self, jti: str, expires_at: int) -> bool:
+        """Record a logout token's ``jti``; False if it was already used."""
+        ...
+
+    async def sweep(self, now: int, moments_before: int) -> None:
+        """Drop expired secrets and logout token IDs, and moments older than
+        ``moments_before``."""
         ...
 
     async def ping(self) -> None:

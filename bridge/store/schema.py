@@ -40,6 +40,31 @@ CREATE_SCHEMA_VERSION = (
     " applied_at BIGINT NOT NULL)"
 )
 
+# The legacy login layer's tables (bridge.login), the same SQL on both dialects.
+_LOGIN_TABLES = (
+    "CREATE TABLE login_secrets ("
+    " kind TEXT NOT NULL,"
+    " secret_hash TEXT NOT NULL,"
+    " binding_hash TEXT NOT NULL,"
+    " payload_ciphertext TEXT NOT NULL,"
+    " expires_at BIGINT NOT NULL,"
+    " PRIMARY KEY (kind, secret_hash))",
+    "CREATE TABLE login_sessions ("
+    " user_id TEXT NOT NULL,"
+    " device_id TEXT NOT NULL,"
+    " sub TEXT,"
+    " sid TEXT,"
+    " refresh_hash TEXT,"
+    " refresh_ciphertext TEXT,"
+    " created_at BIGINT NOT NULL,"
+    " updated_at BIGINT NOT NULL,"
+    " PRIMARY KEY (user_id, device_id))",
+    "CREATE INDEX login_sessions_sid ON login_sessions (sid)",
+    "CREATE INDEX login_sessions_sub ON login_sessions (sub)",
+    "CREATE UNIQUE INDEX login_sessions_refresh ON login_sessions (refresh_hash)",
+    "CREATE TABLE logout_token_ids (jti_hash TEXT PRIMARY KEY, expires_at BIGINT NOT NULL)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -60,6 +85,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
             "ALTER TABLE device_tokens ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0",
             "UPDATE device_tokens SET updated_at = created_at",
+        ),
+    ),
+    Migration(
+        3,
+        "legacy login: one-time secrets, sessions, logout moments, logout token IDs",
+        (
+            *_LOGIN_TABLES,
+            "CREATE TABLE logout_moments ("
+            " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " user_id TEXT NOT NULL,"
+            " device_id TEXT,"
+            " not_before BIGINT NOT NULL)",
+        ),
+        postgres=(
+            *_LOGIN_TABLES,
+            "CREATE TABLE logout_moments ("
+            " seq BIGSERIAL PRIMARY KEY,"
+            " user_id TEXT NOT NULL,"
+            " device_id TEXT,"
+            " not_before BIGINT NOT NULL)",
         ),
     ),
 )

@@ -27,6 +27,7 @@ import aiosqlite
 from bridge.errors import ConfigError
 from bridge.store.crypto import Misbound, TokenCipher
 from bridge.store.lock import LOCK_TIMEOUT, LockRouting
+from bridge.store.records import ApplyMoments, LoginSession, LogoutMoment, digest
 from bridge.store.schema import CANARY, CREATE_SCHEMA_VERSION, pending
 
 log = logging.getLogger("bridge.store")
@@ -36,6 +37,16 @@ _UPSERT = (
     " VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (user_id, device_id) DO UPDATE"
     " SET token_ciphertext = excluded.token_ciphertext, updated_at = excluded.updated_at"
+)
+_SESSION_UPSERT = (
+    "INSERT INTO login_sessions (user_id, device_id, sub, sid, refresh_hash,"
+    " refresh_ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (user_id, device_id) DO UPDATE SET sub = excluded.sub, sid = excluded.sid,"
+    " refresh_hash = excluded.refresh_hash, refresh_ciphertext = excluded.refresh_ciphertext,"
+    " updated_at = excluded.updated_at"
+)
+_SELECT_SESSIONS = (
+    "SELECT user_id, device_id, sub, sid, refresh_ciphertext FROM login_sessions WHERE "
 )
 
 
@@ -282,11 +293,201 @@ class SqliteStore:
                 "UPDATE device_tokens SET token_ciphertext = ? WHERE user_id = ? AND device_id = ?",
                 updates,
             )
+            sessions = await conn.execute_fetchall(
+                "SELECT refresh_ciphertext, user_id, device_id FROM login_sessions"
+                " WHERE refresh_ciphertext IS NOT NULL"
+            )
+            await conn.executemany(
+                "UPDATE login_sessions SET refresh_ciphertext = ?"
+                " WHERE user_id = ? AND device_id = ?",
+                [(self._cipher.rotate(str(r[0])), r[1], r[2]) for r in sessions],
+            )
+            secrets = await conn.execute_fetchall(
+                "SELECT payload_ciphertext, kind, secret_hash FROM login_secrets"
+            )
+            await conn.executemany(
+                "UPDATE login_secrets SET payload_ciphertext = ?"
+                " WHERE kind = ? AND secret_hash = ?",
+                [(self._cipher.rotate(str(r[0])), r[1], r[2]) for r in secrets],
+            )
             await conn.execute(
                 "UPDATE store_meta SET value = ? WHERE name = ?",
                 (self._cipher.seal_canary(), CANARY),
             )
         return len(updates)
+
+    # -- the legacy login layer (bridge.store.records) -----------------------------
+
+    async def put_secret(
+        self, kind: str, secret: str, binding: str, payload: str, expires_at: int
+    ) -> None:
+        """Keep a one-time secret (see :class:`~bridge.store.Store`)."""
+        hashed = digest(secret)
+        sealed = self._cipher.seal(f"secret:{kind}", hashed, payload)
+        async with self._writing() as conn:
+            await conn.execute(
+                "INSERT INTO login_secrets (kind, secret_hash, binding_hash, payload_ciphertext,"
+                " expires_at) VALUES (?, ?, ?, ?, ?)",
+                (kind, hashed, binding, sealed, expires_at),
+            )
+
+    async def take_secret(self, kind: str, secret: str, now: int) -> tuple[str, str] | None:
+        """Use a one-time secret up: one DELETE ... RETURNING, in the file's write lock."""
+        hashed = digest(secret)
+        async with self._writing() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "DELETE FROM login_secrets WHERE kind = ? AND secret_hash = ?"
+                    " RETURNING binding_hash, payload_ciphertext, expires_at",
+                    (kind, hashed),
+                )
+            )
+        if not rows or int(rows[0][2]) <= now:
+            return None
+        return str(rows[0][0]), self._unseal_secret(kind, hashed, str(rows[0][1]))
+
+    def _unseal_secret(self, kind: str, hashed: str, sealed: str) -> str:
+        return self._cipher.unseal(f"secret:{kind}", hashed, sealed)
+
+    def _session(self, row: Iterable[Any]) -> LoginSession:
+        user_id, device_id, sub, sid, sealed = tuple(row)
+        refresh = None
+        if sealed is not None:
+            try:
+                refresh = self._cipher.unseal(str(user_id), str(device_id), str(sealed))
+            except Misbound:
+                log.warning(
+                    "stored refresh token of %s %s was sealed for another", user_id, device_id
+                )
+        return LoginSession(str(user_id), str(device_id), sub, sid, refresh)
+
+    async def save_session(self, session: LoginSession) -> None:
+        """Keep (replace) the session of its device."""
+        refresh = session.refresh_token
+        now = int(time.time())
+        row = (
+            session.user_id,
+            session.device_id,
+            session.sub,
+            session.sid,
+            None if refresh is None else digest(refresh),
+            None
+            if refresh is None
+            else self._cipher.seal(session.user_id, session.device_id, refresh),
+            now,
+            now,
+        )
+        async with self._writing() as conn:
+            await conn.execute(_SESSION_UPSERT, row)
+
+    async def session_by_refresh(self, refresh_token: str) -> LoginSession | None:
+        """The session whose client holds ``refresh_token`` now."""
+        async with self._reading() as conn:
+            row = await _first(
+                conn,
+                _SELECT_SESSIONS + "refresh_hash = ?",
+                (digest(refresh_token),),
+            )
+        return None if row is None else self._session(row)
+
+    async def replace_refresh(
+        self, user_id: str, device_id: str, old: str, new: str | None
+    ) -> bool:
+        """Compare and set the session's refresh token."""
+        sealed = None if new is None else self._cipher.seal(user_id, device_id, new)
+        async with self._writing() as conn:
+            cursor = await conn.execute(
+                "UPDATE login_sessions SET refresh_hash = ?, refresh_ciphertext = ?,"
+                " updated_at = ? WHERE user_id = ? AND device_id = ? AND refresh_hash = ?",
+                (
+                    None if new is None else digest(new),
+                    sealed,
+                    int(time.time()),
+                    user_id,
+                    device_id,
+                    digest(old),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    async def sessions(
+        self, *, user_id: str | None = None, sid: str | None = None, sub: str | None = None
+    ) -> list[LoginSession]:
+        """The sessions matching every criterion given."""
+        criteria = [(c, v) for c, v in (("user_id", user_id), ("sid", sid), ("sub", sub)) if v]
+        if not criteria:
+            raise ValueError("sessions() needs a criterion")
+        where = " AND ".join(f"{column} = ?" for column, _ in criteria)
+        async with self._reading() as conn:
+            rows = await conn.execute_fetchall(
+                _SELECT_SESSIONS + where + " ORDER BY user_id, device_id",
+                tuple(v for _, v in criteria),
+            )
+        return [self._session(row) for row in rows]
+
+    async def take_sessions(self, user_id: str, device_id: str | None) -> list[LoginSession]:
+        """Delete and return the device's (or user's) sessions, in one statement."""
+        async with self._writing() as conn:
+            rows = await conn.execute_fetchall(
+                "DELETE FROM login_sessions WHERE user_id = ? AND (? IS NULL OR device_id = ?)"
+                " RETURNING user_id, device_id, sub, sid, refresh_ciphertext",
+                (user_id, device_id, device_id),
+            )
+        return sorted((self._session(row) for row in rows), key=lambda x: x.device_id)
+
+    async def add_logout_moment(
+        self, user_id: str, device_id: str | None, not_before: int
+    ) -> LogoutMoment:
+        """Record a moment; the other processes on the file find it when they next look."""
+        async with self._writing() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO logout_moments (user_id, device_id, not_before) VALUES (?, ?, ?)",
+                (user_id, device_id, not_before),
+            )
+            seq = cursor.lastrowid
+        assert seq is not None
+        return LogoutMoment(seq, user_id, device_id, not_before)
+
+    async def logout_moments_since(self, seq: int) -> list[LogoutMoment]:
+        """The moments recorded after ``seq`` (writes are serialised: in order)."""
+        async with self._reading() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT seq, user_id, device_id, not_before FROM logout_moments"
+                " WHERE seq > ? ORDER BY seq",
+                (seq,),
+            )
+        return [LogoutMoment(int(r[0]), str(r[1]), r[2], int(r[3])) for r in rows]
+
+    async def follow_logout_moments(self, apply: ApplyMoments, *, interval: float) -> None:
+        """Look for new moments every ``interval`` seconds (one indexed query)."""
+        seq = 0
+        while True:
+            try:
+                moments = await self.logout_moments_since(seq)
+            except sqlite3.Error as e:
+                log.warning("cannot read logout moments: %s", e)
+            else:
+                if moments:
+                    apply(moments)
+                    seq = moments[-1].seq
+            await asyncio.sleep(interval)
+
+    async def use_logout_token_id(self, jti: str, expires_at: int) -> bool:
+        """Record a logout token's ID, once."""
+        async with self._writing() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO logout_token_ids (jti_hash, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (jti_hash) DO NOTHING",
+                (digest(jti), expires_at),
+            )
+            return cursor.rowcount == 1
+
+    async def sweep(self, now: int, moments_before: int) -> None:
+        """Drop what has expired."""
+        async with self._writing() as conn:
+            await conn.execute("DELETE FROM login_secrets WHERE expires_at <= ?", (now,))
+            await conn.execute("DELETE FROM logout_token_ids WHERE expires_at <= ?", (now,))
+            await conn.execute("DELETE FROM logout_moments WHERE not_before < ?", (moments_before,))
 
     async def ping(self) -> None:
         """Raise unless the file answers a query."""

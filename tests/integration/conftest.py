@@ -271,3 +271,7 @@ def synapse_admin(
             return body
 
     return get
+
+
+# The login layer's bridges (tests/integration/login_stack.py).
+from tests.integration.login_stack import make_login_bridge  # noqa: E402, F401

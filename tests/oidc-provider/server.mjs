@@ -26,6 +26,12 @@
 //     the older keys stay published, so their tokens stay valid
 //   POST /_test/keys/retire -> {"kids": published}: every key of ACCESS_TOKEN_ALG but
 //     the one that signs now is no longer published
+//
+// For the bridge's own login layer: dynamic registration accepts confidential clients with
+// back-channel logout (backchannel_logout_uri; the logout tokens are sent to 127.0.0.1 only),
+// refresh tokens are rotated on every use, and the resource owner password credentials grant
+// (`grant_type=password`, which oidc-provider does not ship) is served for clients registered
+// with it: any username, whose password is `password-of-<username>`.
 
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -36,7 +42,7 @@ console.warn = (...args) => {
   if (typeof args[0] === 'string' && args[0].includes('Unsupported runtime')) return;
   originalWarn(...args);
 };
-const { default: Provider } = await import('oidc-provider');
+const { default: Provider, errors: oidcErrors } = await import('oidc-provider');
 // Not exported: used to swap the provider's keys while it runs (/_test/keys/*).
 const { default: initializeKeystore } = await import('oidc-provider/lib/helpers/initialize_keystore.js');
 const { default: DEV_KEYSTORE } = await import('oidc-provider/lib/consts/dev_keystore.js');
@@ -151,6 +157,8 @@ const configuration = {
   },
   // Tokens outlive the browser session of the interaction.
   expiresWithSession: () => false,
+  // Every refresh hands out a new refresh token and uses the old one up.
+  rotateRefreshToken: true,
   issueRefreshToken(_ctx, client, source) {
     return client.grantTypeAllowed('refresh_token')
       && (source.scopes.has('offline_access') || [...source.scopes].some((s) => MATRIX_API_SCOPE.has(s)));
@@ -166,6 +174,7 @@ const configuration = {
   },
   features: {
     devInteractions: { enabled: true },
+    backchannelLogout: { enabled: true },
     registration: { enabled: true, initialAccessToken: false },
     introspection: {
       enabled: true,
@@ -184,7 +193,7 @@ const configuration = {
       useGrantedResource: () => true,
       getResourceServerInfo(ctx, resourceIndicator) {
         if (resourceIndicator !== MATRIX_RESOURCE) {
-          throw new Provider.errors.InvalidTarget();
+          throw new oidcErrors.InvalidTarget();
         }
         const scope = [...new Set([...API_SCOPES, ...dynamicScopes(ctx)])].join(' ');
         return {
@@ -212,6 +221,53 @@ const configuration = {
 };
 
 const provider = new Provider(issuer, configuration);
+
+// Resource owner password credentials (RFC 6749 §4.3), for the bridge's opt-in password login.
+// The grant, access token and refresh token are made as oidc-provider makes them for a code,
+// so that introspection, revocation and the refresh grant treat them alike.
+provider.registerGrantType('password', async (ctx) => {
+  const { client, params } = ctx.oidc;
+  const { InvalidGrant, InvalidRequest } = oidcErrors;
+  if (!params.username || !params.password) {
+    throw new InvalidRequest('username and password are required');
+  }
+  if (params.password !== `password-of-${params.username}`) {
+    throw new InvalidGrant('invalid credentials');
+  }
+  const accountId = params.username;
+  const requested = new Set((params.scope || '').split(' ').filter(Boolean));
+  const info = configuration.features.resourceIndicators.getResourceServerInfo(ctx, MATRIX_RESOURCE);
+  const resourceServer = new provider.ResourceServer(MATRIX_RESOURCE, info);
+  const apiScope = [...requested].filter((s) => resourceServer.scopes.has(s)).join(' ');
+  const grant = new provider.Grant({ accountId, clientId: client.clientId });
+  grant.addOIDCScope([...requested].filter((s) => s === 'openid').join(' '));
+  grant.addResourceScope(MATRIX_RESOURCE, apiScope);
+  const grantId = await grant.save();
+
+  const at = new provider.AccessToken({
+    accountId, client, grantId, gty: 'password', scope: apiScope,
+  });
+  at.resourceServer = resourceServer;
+  const accessToken = await at.save();
+  const rt = new provider.RefreshToken({
+    accountId,
+    client,
+    grantId,
+    gty: 'password',
+    resource: MATRIX_RESOURCE,
+    rotations: 0,
+    scope: ['openid', ...apiScope.split(' ')].join(' '),
+    expiresWithSession: false,
+  });
+  const refreshToken = await rt.save();
+  ctx.body = {
+    access_token: accessToken,
+    expires_in: at.expiration,
+    refresh_token: refreshToken,
+    scope: apiScope,
+    token_type: 'Bearer',
+  };
+}, new Set(['username', 'password', 'scope']));
 
 function isLoopback(address) {
   return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
@@ -271,6 +327,10 @@ provider.use(async (ctx, next) => {
   if (ctx.method === 'POST' && ctx.path === ROUTES.revocation) counters.revocation += 1;
   await next();
 });
+
+provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+provider.on('grant.error', (_ctx, err) => console.error('grant.error', err.message));
+provider.on('backchannel.error', (_ctx, err) => console.error('backchannel.error', err.message));
 
 const server = http.createServer(provider.callback());
 server.keepAliveTimeout = 5000;

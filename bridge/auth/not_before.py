@@ -1,0 +1,94 @@
+"""Logout moments: tokens issued at or before a user's or a device's logout are refused.
+
+``/logout`` records a moment for the device, ``/logout/all`` one for the user,
+back-channel logout one for each device of the ended session. A token whose
+``iat`` is at or before the moment that covers it is refused (401
+``M_UNKNOWN_TOKEN``), whatever the issuer or the token cache still says, so
+a logout holds on the very next request, even where the issuer could not
+revoke the token (a JWT access token, or another client's token).
+
+The check is on every authenticated request, so it is two dict lookups in
+memory (:meth:`LogoutMoments.refuses`), never a store query. The moments are
+written to the store and reach every instance from there
+(:meth:`~bridge.store.Store.follow_logout_moments`: PostgreSQL ``LISTEN/NOTIFY``
+at once, SQLite by looking every ``login.sync_interval``). A moment applied
+here also drops the matching sessions from the token cache (``on_logout``).
+
+``iat`` is in whole seconds: a moment refuses every token of its second,
+including one issued in the same second after it (a new login right after
+``/logout/all`` may have to wait for the next second). A token without
+``iat`` cannot be placed, and is refused once any moment covers its user or
+device. Issuer and bridge clocks must agree (NTP), as for ``exp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from bridge.auth.identity import Identity
+from bridge.store.records import LogoutMoment
+
+log = logging.getLogger("bridge.auth")
+
+# Told of each moment applied: (user_id, device_id or None for every device).
+OnLogout = Callable[[str, str | None], None]
+
+
+class LogoutMoments:
+    """Per user and per (user, device): the latest logout moment, in memory."""
+
+    def __init__(self, on_logout: OnLogout | None = None) -> None:
+        self._users: dict[str, int] = {}
+        self._devices: dict[tuple[str, str], int] = {}
+        self._on_logout = on_logout
+        self.seen = 0  # the highest store sequence number applied
+
+    def __len__(self) -> int:
+        return len(self._users) + len(self._devices)
+
+    def refuses(self, identity: Identity) -> bool:
+        """Whether the identity's token was issued at or before a logout covering it."""
+        if not self._users and not self._devices:
+            return False
+        user_moment = self._users.get(identity.user_id)
+        device_moment = (
+            self._devices.get((identity.user_id, identity.device_id))
+            if identity.device_id is not None
+            else None
+        )
+        if user_moment is None and device_moment is None:
+            return False
+        iat = identity.issued_at
+        if iat is None:
+            return True
+        return (user_moment is not None and iat <= user_moment) or (
+            device_moment is not None and iat <= device_moment
+        )
+
+    def apply(self, moments: Iterable[LogoutMoment]) -> None:
+        """Take moments in (from this instance or another, any order, repeated)."""
+        for moment in moments:
+            self.seen = max(self.seen, moment.seq)
+            user_id, device_id, not_before = moment.user_id, moment.device_id, moment.not_before
+            if device_id is None:
+                if self._users.get(user_id, not_before - 1) >= not_before:
+                    continue
+                self._users[user_id] = not_before
+            else:
+                if self._devices.get((user_id, device_id), not_before - 1) >= not_before:
+                    continue
+                self._devices[(user_id, device_id)] = not_before
+            if self._on_logout is not None:
+                self._on_logout(user_id, device_id)
+
+    def prune(self, before: int) -> None:
+        """Forget moments older than ``before`` (no token issued then lives any more)."""
+        self._users = {u: m for u, m in self._users.items() if m >= before}
+        self._devices = {d: m for d, m in self._devices.items() if m >= before}
+
+
+def now_moment() -> int:
+    """The moment of a logout happening now (whole seconds, as ``iat``)."""
+    return int(time.time())

@@ -1,0 +1,229 @@
+"""The bridge as a confidential OAuth client of the issuer (the legacy login layer).
+
+- the authorization request: code + PKCE (S256), ``state`` and ``nonce``
+  (:func:`pkce_pair`, :meth:`OAuthClient.authorization_url`);
+- the token endpoint (RFC 6749 §4.1.3 code, §6 refresh, §4.3 password);
+- revocation (RFC 7009).
+
+Client authentication is ``client_secret_basic`` or ``client_secret_post``.
+An issuer that refuses a grant (400 ``invalid_grant`` and the like) raises
+:class:`GrantRefused`; one that cannot answer raises
+:class:`~bridge.errors.IssuerUnavailable`. Nothing here logs a token, a code,
+a verifier or a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from bridge.errors import IssuerUnavailable
+from bridge.issuer.limit import InflightLimit
+from bridge.issuer.metadata import IssuerMetadata, issuer_failure
+from bridge.metrics import Metrics
+
+log = logging.getLogger("bridge.issuer")
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A fresh PKCE code verifier (RFC 7636 §4.1: 43 to 128 characters) and its S256
+    challenge."""
+    verifier = secrets.token_urlsafe(48)  # 64 characters
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+class GrantRefused(Exception):
+    """The issuer refused a grant or a token: ``error`` is its OAuth error code."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A successful token endpoint answer."""
+
+    access_token: str
+    refresh_token: str | None
+    expires_in: int | None
+    id_token: str | None
+    scope: str | None
+
+
+class OAuthClient:
+    """Calls the issuer's token and revocation endpoints as the bridge's login client."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        metadata: IssuerMetadata,
+        limit: InflightLimit,
+        *,
+        client_id: str,
+        client_secret: str,
+        client_auth: str,
+        timeout: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        metrics = metrics if metrics is not None else Metrics()
+        # (call, outcome) counters and the duration of the two calls made here.
+        self._outcomes = metrics.issuer_request
+        self._durations = metrics.issuer_call_duration
+        self._session = session
+        self._metadata = metadata
+        self._limit = limit
+        self.client_id = client_id
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {"Accept": "application/json"}
+        self._form_auth: dict[str, str] = {}
+        if client_auth == "client_secret_post":
+            self._form_auth = {"client_id": client_id, "client_secret": client_secret}
+        else:
+            # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
+            self._headers["Authorization"] = aiohttp.encode_basic_auth(
+                quote(client_id, safe=""), quote(client_secret, safe="")
+            )
+
+    def _count(self, what: str, outcome: str, started: float) -> None:
+        self._outcomes[(what, outcome)].inc()
+        self._durations[what].observe(time.perf_counter() - started)
+
+    def _endpoint(self, name: str) -> str:
+        endpoint = self._metadata.require().endpoint(name)
+        if endpoint is None:
+            raise IssuerUnavailable(f"The authentication service advertises no {name}")
+        return endpoint
+
+    def authorization_url(
+        self, *, redirect_uri: str, scope: str, state: str, nonce: str, code_challenge: str
+    ) -> str:
+        """Where the browser goes to log in: an authorization code request with PKCE."""
+        endpoint = self._endpoint("authorization_endpoint")
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": self.client_id,
+                "redirect_uri": redirect_uri,
+                "scope": scope,
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": code_challenge,
+                "code_challenge_method": "S256",
+            }
+        )
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
+
+    def supports_password_grant(self) -> bool:
+        """Whether the issuer's metadata allows the password grant (or says nothing)."""
+        metadata = self._metadata.current
+        supported = metadata.document.get("grant_types_supported") if metadata else None
+        return not isinstance(supported, list) or "password" in supported
+
+    async def exchange_code(
+        self, code: str, *, redirect_uri: str, code_verifier: str
+    ) -> TokenResponse:
+        """RFC 6749 §4.1.3 with the PKCE verifier (RFC 7636 §4.5)."""
+        return await self._token(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": code_verifier,
+            }
+        )
+
+    async def refresh(self, refresh_token: str) -> TokenResponse:
+        """RFC 6749 §6: a new access token (and maybe refresh token) for a refresh token."""
+        return await self._token({"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    async def password(self, username: str, password: str, scope: str) -> TokenResponse:
+        """RFC 6749 §4.3, resource owner password credentials."""
+        return await self._token(
+            {"grant_type": "password", "username": username, "password": password, "scope": scope}
+        )
+
+    async def _token(self, form: dict[str, str]) -> TokenResponse:
+        answer = await self._post("token_endpoint", form, "token")
+        access_token = answer.get("access_token")
+        token_type = answer.get("token_type")
+        if not isinstance(access_token, str) or not access_token:
+            raise IssuerUnavailable("The authentication service answered without an access token")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise IssuerUnavailable("The authentication service issued a token that is not Bearer")
+        refresh_token = answer.get("refresh_token")
+        expires_in = answer.get("expires_in")
+        id_token = answer.get("id_token")
+        scope = answer.get("scope")
+        return TokenResponse(
+            access_token=access_token,
+            refresh_token=refresh_token
+            if isinstance(refresh_token, str) and refresh_token
+            else None,
+            expires_in=int(expires_in)
+            if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+            else None,
+            id_token=id_token if isinstance(id_token, str) else None,
+            scope=scope if isinstance(scope, str) else None,
+        )
+
+    async def revoke(self, token: str, hint: str) -> bool:
+        """RFC 7009: whether the issuer accepted the revocation (200). An issuer that
+        refuses, or cannot be reached, is logged, not raised: the logout holds
+        anyway (bridge.auth.not_before)."""
+        try:
+            await self._post(
+                "revocation_endpoint", {"token": token, "token_type_hint": hint}, "revocation"
+            )
+        except (GrantRefused, IssuerUnavailable) as e:
+            log.warning("the issuer did not revoke a %s: %s", hint, e)
+            return False
+        return True
+
+    async def _post(self, endpoint_name: str, form: dict[str, str], what: str) -> dict[str, Any]:
+        """One call (``what``: ``token`` or ``revocation``, its metrics label)."""
+        endpoint = self._endpoint(endpoint_name)
+        with self._limit.slot():
+            started = time.perf_counter()
+            try:
+                async with self._session.post(
+                    endpoint,
+                    data={**form, **self._form_auth},
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as resp:
+                    status = resp.status
+                    try:
+                        answer = await resp.json(content_type=None)
+                    except ValueError:
+                        answer = None
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self._count(what, issuer_failure(e), started)
+                log.warning("%s request failed: %s", what, type(e).__name__)
+                raise IssuerUnavailable("The authentication service is unreachable") from e
+        self._count(
+            what, "ok" if status == 200 else "refused" if status < 500 else "error", started
+        )
+        if status == 200:
+            # Revocation answers 200 with any body, often none.
+            return answer if isinstance(answer, dict) else {}
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if status in (400, 401) and isinstance(error, str):
+            # invalid_grant, invalid_request, unsupported_token_type, ...; 401
+            # invalid_client is the bridge's own configuration, but refusing the
+            # grant is still the honest answer to the client.
+            if error == "invalid_client":
+                log.error("the issuer refused the bridge's login client (%s)", what)
+            raise GrantRefused(error)
+        log.error("%s answered HTTP %s", what, status)
+        raise IssuerUnavailable("The authentication service could not answer")

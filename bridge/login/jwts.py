@@ -1,0 +1,183 @@
+"""The two JWTs the login layer reads: ID tokens and logout tokens (PyJWT, pinned algorithms).
+
+- **ID token** (OpenID Connect Core §3.1.3.7), from the token endpoint:
+  ``alg`` in ``login.signing_algorithms``; ``iss`` the issuer; ``aud`` naming
+  the bridge's client (and ``azp`` it when there are several audiences);
+  ``exp``, ``iat`` and ``sub`` present; ``nonce`` the flow's, compared in
+  constant time. The signature is checked with the issuer's keys when the
+  bridge has them; without them, §3.1.3.7 step 6 lets a client that got the
+  token straight from the token endpoint over TLS rely on that instead.
+- **Logout token** (OpenID Connect Back-Channel Logout 1.0 §2.4, §2.6): the
+  signature always, from the issuer's JWKS (:class:`SigningKeySource`); ``iss``,
+  ``aud``, ``iat`` (not older than :data:`LOGOUT_TOKEN_MAX_AGE`), ``exp`` when
+  present, ``jti``; the ``events`` claim holding the back-channel logout
+  event; ``sub`` or ``sid``; no ``nonce``; ``typ``, when present,
+  ``logout+jwt``. The single use of ``jti`` is the caller's (the store).
+
+Every refusal is a :class:`JwtRefused` with a reason fit for a log line
+(never the token).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+
+# Seconds of clock skew allowed.
+LEEWAY = 30
+# A logout token issued longer ago than this is refused, so that its jti need
+# only be remembered this long.
+LOGOUT_TOKEN_MAX_AGE = 600
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+_LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt", "jwt"})
+
+
+class SigningKeySource(Protocol):
+    """The issuer's public signing keys by ``kid`` (the JWKS cache of bridge.issuer)."""
+
+    async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | str:
+        """The key for ``kid`` and ``alg``, or why there is none."""
+        ...
+
+
+class JwtRefused(Exception):
+    """A JWT that must not be believed; the message says why."""
+
+
+@dataclass(frozen=True)
+class IdTokenClaims:
+    sub: str
+    sid: str | None
+
+
+@dataclass(frozen=True)
+class LogoutClaims:
+    sub: str | None
+    sid: str | None
+    jti: str
+    # When the jti may be forgotten (Unix seconds).
+    remember_until: int
+
+
+class JwtChecks:
+    """Checks ID and logout tokens for one issuer and one client."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        client_id: str,
+        algorithms: tuple[str, ...],
+        keys: SigningKeySource | None,
+    ) -> None:
+        self._issuer = issuer
+        self._client_id = client_id
+        self._algorithms = frozenset(algorithms)
+        self.keys = keys
+
+    def _header(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise JwtRefused("not a JWT") from e
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise JwtRefused(f"algorithm {alg!r} is not accepted")
+        if "crit" in header:
+            raise JwtRefused("critical header parameters are not understood")
+        return header
+
+    async def _decode(
+        self, token: str, header: Mapping[str, Any], *, required: list[str], signed: bool
+    ) -> dict[str, Any]:
+        alg = str(header["alg"])
+        options: dict[str, Any] = {"require": required, "verify_iat": True}
+        key: jwt.PyJWK | None = None
+        if signed or self.keys is not None:
+            if self.keys is None:
+                raise JwtRefused("the issuer's keys are not available")
+            kid = header.get("kid")
+            found = await self.keys.key(kid if isinstance(kid, str) else None, alg)
+            if isinstance(found, str):
+                raise JwtRefused(found)
+            key = found
+        else:
+            # Straight from the token endpoint (OIDC Core §3.1.3.7 step 6).
+            options.update(
+                verify_signature=False, verify_exp=True, verify_aud=True, verify_iss=True
+            )
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,  # type: ignore[arg-type]
+                algorithms=[alg],
+                audience=self._client_id,
+                issuer=self._issuer,
+                leeway=LEEWAY,
+                options=options,  # type: ignore[arg-type]
+            )
+        except jwt.PyJWTError as e:
+            raise JwtRefused(f"{type(e).__name__}: {e}") from e
+        aud = claims.get("aud")
+        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self._client_id:
+            raise JwtRefused("several audiences and azp is not the bridge")
+        return claims
+
+    async def id_token(self, token: str, *, nonce: str | None) -> IdTokenClaims:
+        """The checked claims of an ID token from the token endpoint. ``nonce`` None: the
+        grant had none (password grant), and the token must not carry one either."""
+        header = self._header(token)
+        claims = await self._decode(
+            token, header, required=["iss", "aud", "exp", "iat", "sub"], signed=False
+        )
+        got = claims.get("nonce")
+        if nonce is None:
+            if got is not None:
+                raise JwtRefused("unexpected nonce")
+        elif not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
+            raise JwtRefused("nonce does not match")
+        sub = claims.get("sub")
+        sid = claims.get("sid")
+        if not isinstance(sub, str) or not sub:
+            raise JwtRefused("sub is not a string")
+        return IdTokenClaims(sub=sub, sid=sid if isinstance(sid, str) and sid else None)
+
+    async def logout_token(self, token: str) -> LogoutClaims:
+        """The checked claims of a logout token (Back-Channel Logout §2.6)."""
+        header = self._header(token)
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _LOGOUT_TYPES):
+            raise JwtRefused(f"typ {typ!r} is not a logout token's")
+        claims = await self._decode(
+            token, header, required=["iss", "aud", "iat", "jti"], signed=True
+        )
+        if "nonce" in claims:
+            raise JwtRefused("a logout token must not carry a nonce")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(
+            events.get(BACKCHANNEL_LOGOUT_EVENT), dict
+        ):
+            raise JwtRefused("no back-channel logout event")
+        sub, sid, jti = claims.get("sub"), claims.get("sid"), claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise JwtRefused("jti is not a string")
+        sub = sub if isinstance(sub, str) and sub else None
+        sid = sid if isinstance(sid, str) and sid else None
+        if sub is None and sid is None:
+            raise JwtRefused("neither sub nor sid")
+        now = time.time()
+        iat = claims["iat"]
+        if not isinstance(iat, int | float) or isinstance(iat, bool):
+            raise JwtRefused("iat is not a number")
+        if iat < now - LOGOUT_TOKEN_MAX_AGE:
+            raise JwtRefused("issued too long ago")
+        exp = claims.get("exp")
+        until = iat + LOGOUT_TOKEN_MAX_AGE + LEEWAY
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            until = max(until, exp + LEEWAY)
+        return LogoutClaims(sub=sub, sid=sid, jti=jti, remember_until=int(until) + 1)

@@ -1,0 +1,149 @@
+"""Two ``serve`` processes sharing one PostgreSQL store, with the login layer.
+
+A login started on one instance is finished on the other (the one-time secrets
+live in the store, and a ``loginToken`` is used once across both); a logout
+through one reaches the other within a second (PostgreSQL ``LISTEN/NOTIFY``),
+although the other holds the token in its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from bridge.config import AppserviceConfig
+from tests.integration.conftest import auth, new_localpart
+from tests.integration.login_stack import CLIENT_URL, V3
+from tests.integration.test_device_login import CHILD_ENV, REPO_ROOT, Served, new_postgres_store
+from tests.support.issuer import TestIssuer
+from tests.support.net import free_port
+from tests.support.postgres import PostgresServer
+from tests.support.sso import HttpBrowser, login_section, register_login_client
+from tests.support.stack import served_bridge_document
+from tests.support.synapse import SynapseServer
+
+WHOAMI = f"{V3}/account/whoami"
+# ``serve`` as ``python -m bridge`` runs it, but deaf to other instances' logouts: the
+# control experiment that shows the test below detects a missing LISTEN.
+DEAF = """\
+import asyncio, sys
+from bridge.store.postgres import PostgresStore
+
+async def deaf(self, apply, *, interval):
+    await asyncio.Event().wait()
+
+PostgresStore.follow_logout_moments = deaf
+from bridge.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """Start ``serve`` processes (``deaf``: without following logouts); killed at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, document: dict[str, object], port: int, *, deaf: bool) -> Served:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(document), encoding="utf-8")
+        log_path = tmp_path / f"{name}.log"
+        head = ["-c", DEAF] if deaf else ["-m", "bridge"]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, *head, "serve", "-c", str(config)],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=CHILD_ENV,
+            )
+        started.append(process)
+        return Served(f"http://127.0.0.1:{port}", log_path, process)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+async def _whoami(http: aiohttp.ClientSession, base: str, token: str) -> tuple[int, Any]:
+    async with http.get(base + WHOAMI, headers=auth(token)) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("deaf", [False, True], ids=["listening", "control-deaf"])
+async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
+    serve: Any,
+    deaf: bool,
+    postgres_server: PostgresServer,
+    issuer: TestIssuer,
+    synapse: SynapseServer,
+    device_login_appservice: AppserviceConfig,
+    http: aiohttp.ClientSession,
+) -> None:
+    store = await new_postgres_store(postgres_server)
+    ports = [free_port(), free_port()]
+    one_base = f"http://127.0.0.1:{ports[0]}/"
+    client = await register_login_client(http, issuer, one_base)
+    served = []
+    for name, port in zip(("one", "two"), ports, strict=True):
+        document = served_bridge_document(
+            issuer=issuer,
+            homeserver_url=synapse.base_url,
+            appservice=device_login_appservice,
+            port=port,
+            strategy="device_login",
+            store=store,
+            login=login_section(client),
+        )
+        document["public_baseurl"] = one_base  # one public name behind a load balancer
+        served.append(serve(name, document, port, deaf=deaf and name == "two"))
+    await asyncio.gather(*(asyncio.to_thread(s.wait_ready) for s in served))
+    one, two = (s.base for s in served)
+
+    person = HttpBrowser()
+    try:
+        login_token, _ = await person.sso_login(one_base, new_localpart("ivy"), CLIENT_URL)
+    finally:
+        await person.close()
+    login = {"type": "m.login.token", "token": login_token}
+    async with http.post(f"{two}{V3}/login", json=login) as resp:
+        answer = await resp.json()
+        assert resp.status == 200, answer
+    async with http.post(f"{one}{V3}/login", json=login) as resp:
+        assert resp.status == 403  # used up, on the other instance
+    token = answer["access_token"]
+    for base in (one, two):
+        status, me = await _whoami(http, base, token)
+        assert (status, me["user_id"]) == (200, answer["user_id"])  # now cached by both
+
+    async with http.post(f"{one}{V3}/logout", headers=auth(token), json={}) as resp:
+        assert resp.status == 200, await resp.text()
+    logged_out = time.monotonic()
+    if deaf:
+        # Without the announcement, the other instance trusts its cache (and even gets
+        # the deleted device logged in again): the test below would fail.
+        await asyncio.sleep(1.0)
+        assert (await _whoami(http, two, token))[0] == 200
+        return
+    while True:
+        status, body = await _whoami(http, two, token)
+        waited = time.monotonic() - logged_out
+        if status == 401:
+            break
+        assert status == 200, body
+        assert waited < 1.0, "the other instance still served the token after a second"
+        await asyncio.sleep(0.02)
+    assert body["errcode"] == "M_UNKNOWN_TOKEN"
+    assert waited < 1.0
+    print(f"the other instance refused the token {waited * 1000:.0f} ms after the logout")

@@ -1,0 +1,110 @@
+"""The login layer's routes with fakes: what is answered by the bridge, never forwarded.
+
+With a ``login`` section the bridge owns ``/login``, ``/refresh``, ``/logout``,
+``/logout/all`` and the SSO redirect; the homeserver never sees any of them,
+whatever the body, and every bad input is a Matrix error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from tests.fakes import BridgeClient, FakeHomeserver, FakeIssuer, bridge_config, start_bridge
+
+V3 = "/_matrix/client/v3"
+
+
+@pytest.fixture
+async def bridge(
+    aiohttp_client: AiohttpClient,
+    aiohttp_server: AiohttpServer,
+    homeserver: FakeHomeserver,
+    tmp_path: Path,
+) -> BridgeClient:
+    issuer = await FakeIssuer.start(aiohttp_server)
+    store = {"path": str(tmp_path / "b.db"), "encryption_keys": [Fernet.generate_key().decode()]}
+    config = bridge_config(issuer.url, homeserver.url, {"store": store, "login": {}})
+    return await start_bridge(aiohttp_client, config)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "errcode"),
+    [
+        ("POST", f"{V3}/login", {"type": "m.login.password", "password": "x"}, 400, "M_UNKNOWN"),
+        ("POST", f"{V3}/login", {"type": "m.login.application_service"}, 404, "M_UNRECOGNIZED"),
+        ("POST", f"{V3}/login", {"type": "m.login.token"}, 400, "M_MISSING_PARAM"),
+        ("POST", f"{V3}/login", {"type": "m.login.token", "token": "x"}, 403, "M_FORBIDDEN"),
+        ("POST", f"{V3}/login", [], 400, "M_BAD_JSON"),
+        ("POST", f"{V3}/login", None, 400, "M_NOT_JSON"),
+        ("POST", f"{V3}/refresh", {}, 400, "M_MISSING_PARAM"),
+        ("POST", f"{V3}/refresh", {"refresh_token": "x"}, 401, "M_UNKNOWN_TOKEN"),
+        ("POST", f"{V3}/logout", {}, 401, "M_MISSING_TOKEN"),
+        ("POST", f"{V3}/logout/all", {}, 401, "M_MISSING_TOKEN"),
+        ("POST", "/_matrix/client/r0/logout", {}, 401, "M_MISSING_TOKEN"),
+        # Still closed: a login token minted without the issuer.
+        ("POST", "/_matrix/client/v1/login/get_token", {}, 404, "M_UNRECOGNIZED"),
+        ("POST", "/_matrix/client/api/v1/logout", {}, 404, "M_UNRECOGNIZED"),
+    ],
+)
+async def test_answered_by_the_bridge(
+    bridge: BridgeClient,
+    homeserver: FakeHomeserver,
+    method: str,
+    path: str,
+    body: object,
+    status: int,
+    errcode: str,
+) -> None:
+    if body is None:
+        resp = await bridge.request(method, path, data=b"{not json")
+    else:
+        resp = await bridge.request(method, path, json=body)
+    answer = await resp.json()
+    assert (resp.status, answer["errcode"]) == (status, errcode), answer
+    assert isinstance(answer["error"], str)
+    assert homeserver.requests == []
+
+
+async def test_login_flows(bridge: BridgeClient, homeserver: FakeHomeserver) -> None:
+    resp = await bridge.get("/_matrix/client/r0/login")
+    flows = (await resp.json())["flows"]
+    assert [f["type"] for f in flows] == ["m.login.sso", "m.login.token"]
+    assert homeserver.requests == []
+
+
+async def test_sso_redirect_goes_to_the_issuer_with_pkce_state_and_nonce(
+    bridge: BridgeClient,
+) -> None:
+    resp = await bridge.get(
+        f"{V3}/login/sso/redirect",
+        params={"redirectUrl": "https://client.example.test/"},
+        allow_redirects=False,
+    )
+    assert resp.status == 302
+    location = resp.headers["Location"]
+    assert "/oauth2/authorize?" in location
+    for part in (
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "state=",
+        "nonce=",
+        "response_type=code",
+        "urn%3Amatrix%3Aclient%3Adevice%3A",
+    ):
+        assert part in location
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Path=/_bridge/login/" in cookie
+    assert "Secure" in cookie  # the public base URL is https
+
+
+async def test_sso_redirect_without_a_redirect_url_is_an_error_page(bridge: BridgeClient) -> None:
+    resp = await bridge.get(f"{V3}/login/sso/redirect", allow_redirects=False)
+    assert resp.status == 400
+    assert resp.content_type == "text/html"
+    assert resp.headers["X-Frame-Options"] == "DENY"
