@@ -317,37 +317,6 @@ def _drop_cached_sessions(app: web.Application, user_id: str, device_id: str | N
         authenticator.forget_device(user_id, device_id)
 
 
-@web.middleware
-async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every request's concerns, in order, in one layer (each layer costs):
-
-    1. the one routing path (:mod:`bridge.paths`), refusing any path a homeserver
-       could read differently; every decision below is taken on it;
-    2. CORS preflight: 204, without a token or the homeserver;
-    3. closed doors, appservice-only endpoints, the admin allow-list
-       (:mod:`bridge.routes.refused`);
-    4. the token, on forwarded routes (:mod:`bridge.auth.middleware`);
-    5. the route's handler;
-
-    and any failure as Matrix JSON (:func:`bridge.errors.error_response`); every
-    answer with CORS headers (:mod:`bridge.routes.cors`).
-    """
-    response: web.StreamResponse
-    try:
-        path = request[PATH] = routing_path(request.raw_path)
-        if request.method == "OPTIONS":
-            response = web.Response(status=204)
-        else:
-            await refuse(request, path)
-            await authenticate(request)
-            response = await handler(request)
-    except Exception as e:
-        response = error_response(request, e)
-    if not response.prepared:  # a streamed answer got them before it was
-        add_cors_headers(response.headers)
-    return response
-
-
 # Route name prefix → route group (bridge.metrics.ROUTE_GROUPS); forwarded routes
 # are named forward:<group>.
 _GROUP_OF_PREFIX = {
