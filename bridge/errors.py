@@ -152,6 +152,17 @@ def error_response(request: web.Request, error: Exception) -> web.Response:
     """
     if isinstance(error, MatrixError):
         return error.to_response()
+    if isinstance(error, ConfigError):
+        # A setting that shows itself only at run time: a kept homeserver token that
+        # no configured store.encryption_keys decrypts (an instance with other keys
+        # wrote it). The admin's to fix, said in the log; the client is told the
+        # service is unavailable, not that its token is bad (which would log it out).
+        log.error("cannot serve %s %s: %s", request.method, request.path, error)
+        return MatrixError(
+            "The gateway cannot read its stored credentials; its administrator must fix "
+            "its configuration",
+            status=503,
+        ).to_response()
     if isinstance(error, web.HTTPException):
         if error.status < 400:
             raise error

@@ -117,6 +117,32 @@ async def test_a_restarted_bridge_reuses_the_kept_token(
     assert len(tokens) == 1
 
 
+async def test_a_kept_token_no_configured_key_reads_is_a_clear_503(
+    config: BridgeConfig, homeserver: FakeHomeserver, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert config.store is not None
+    key_a = config.store.encryption_keys[0]
+    other_keys = config.store.model_copy(
+        update={"encryption_keys": (Fernet.generate_key().decode(), key_a)}
+    )
+    # The store is made with key A; another instance, sealing with its own first
+    # key, then keeps alice's device token; this one cannot read it.
+    async with TestClient(TestServer(create_app(config))):
+        pass
+    async with TestClient(
+        TestServer(create_app(config.model_copy(update={"store": other_keys})))
+    ) as other:
+        assert (await other.get(WHOAMI, headers=bearer())).status == 200
+    async with TestClient(TestServer(create_app(config))) as client:
+        resp = await client.get(WHOAMI, headers=bearer())
+        assert resp.status == 503
+        answer = await resp.json()
+    assert answer["errcode"] == "M_UNKNOWN"
+    assert "administrator" in answer["error"]
+    assert "store.encryption_keys: cannot decrypt the store" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 async def test_a_token_the_homeserver_forgot_is_replaced_and_the_request_retried(
     bridge: BridgeClient, homeserver: FakeHomeserver, config: BridgeConfig
 ) -> None:
