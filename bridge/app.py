@@ -26,6 +26,7 @@ from bridge.auth.verifier import (
     JwtThenIntrospection,
     TokenVerifier,
 )
+from bridge.background import running
 from bridge.config import BridgeConfig
 from bridge.errors import IssuerUnavailable, error_response
 from bridge.homeserver.appservice import AppserviceClient
@@ -130,13 +131,8 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         app[AUTHENTICATOR] = CachedAuthenticator(
             verifier, config.token_cache, metrics, namespace=namespace
         )
-        tasks = [asyncio.create_task(refresh) for refresh in refreshing]
-        yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        async with running(*refreshing):
+            yield
 
 
 # Seconds between samples of the gauges read from live state (cache sizes) with several
@@ -152,12 +148,8 @@ async def sample_metrics(app: web.Application) -> AsyncIterator[None]:
             app[METRICS].sample()
             await asyncio.sleep(SAMPLE_INTERVAL)
 
-    task = asyncio.create_task(sample_forever()) if multiprocess_dir() is not None else None
-    yield
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with running(*([sample_forever()] if multiprocess_dir() is not None else [])):
+        yield
 
 
 async def probe_homeserver(app: web.Application) -> AsyncIterator[None]:
@@ -292,18 +284,11 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
                 log.warning("sweeping the store failed: %s", type(e).__name__)
             moments.prune(int(now - retention))
 
-    tasks = [
-        asyncio.create_task(
-            store.follow_logout_moments(moments.apply, interval=config.login.sync_interval)
-        ),
-        asyncio.create_task(sweep_forever()),
-    ]
-    yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with running(
+        store.follow_logout_moments(moments.apply, interval=config.login.sync_interval),
+        sweep_forever(),
+    ):
+        yield
 
 
 def _drop_cached_sessions(app: web.Application, user_id: str, device_id: str | None) -> None:

@@ -24,11 +24,12 @@ from pathlib import Path
 from aiohttp import web
 
 from bridge.accesslog import AccessLogger
+from bridge.background import running
 from bridge.config import BridgeConfig, LoggingConfig
 from bridge.ops import serving_ops
 from bridge.reload import Reloader
 from bridge.state import CONFIG
-from bridge.systemd import Notifier, watchdog_pings
+from bridge.systemd import Notifier
 
 log = logging.getLogger("bridge.serve")
 
@@ -123,7 +124,7 @@ async def _serve(
                 await _start_sites(runner, config, sockets)
                 notifier.ready()
                 log.info("serving")
-                async with watchdog_pings(notifier):
+                async with running(notifier.watchdog()):
                     await stop.wait()
                     notifier.stopping()
                     log.info(

@@ -11,12 +11,10 @@ accept connections, ``RELOADING=1`` (with ``MONOTONIC_USEC``) then
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
 
 log = logging.getLogger("bridge.systemd")
 
@@ -77,18 +75,6 @@ class Notifier:
         while True:
             self.send("WATCHDOG=1")
             await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def watchdog_pings(notifier: Notifier) -> AsyncIterator[None]:
-    """Ping the watchdog while inside."""
-    task = asyncio.create_task(notifier.watchdog())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def without_notify_socket(env: dict[str, str]) -> dict[str, str]:

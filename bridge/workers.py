@@ -54,7 +54,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bridge.systemd import Notifier, watchdog_pings
+from bridge.background import running
+from bridge.systemd import Notifier
 
 log = logging.getLogger("bridge.workers")
 
@@ -211,7 +212,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         log.info("starting %d workers", len(self._slots))
         tasks = [asyncio.create_task(self._keep(slot)) for slot in self._slots]
-        async with watchdog_pings(self._notifier):
+        async with running(self._notifier.watchdog()):
             await stopping.wait()
         self._notifier.stopping()
         _, late = await asyncio.wait(tasks, timeout=self._stop_timeout)
