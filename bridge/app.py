@@ -213,8 +213,8 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
             txn_key,
             long_poll_session=long_poll_session,
             metrics=app[METRICS],
+            logged_out=app[LOGOUT_MOMENTS].refuses,
         )
-        app[FORWARDER].logged_out = app[LOGOUT_MOMENTS].refuses
         app[STRATEGY] = strategy
         app[APPSERVICE] = appservice
         if config.issuer.kind == "mas":

@@ -182,12 +182,13 @@ class Forwarder:
         *,
         long_poll_session: aiohttp.ClientSession | None = None,
         metrics: Metrics | None = None,
+        logged_out: Callable[[Identity], bool] = lambda _identity: False,
     ) -> None:
         homeserver = config.homeserver
         # Whether an identity's token has been logged out since it was checked
         # (bridge.auth.not_before): asked before healing, so that a request that
         # was in flight during a logout cannot provision the device again.
-        self.logged_out: Callable[[Identity], bool] = lambda _identity: False
+        self._logged_out = logged_out
         self._metrics = metrics if metrics is not None else Metrics()
         self._duration = self._metrics.homeserver_call_duration["forward"]
         self._long_poll_duration = self._metrics.homeserver_call_duration["long_poll"]
@@ -393,7 +394,7 @@ class Forwarder:
         raise AssertionError("unreachable")
 
     def _refuse_if_logged_out(self, identity: Identity) -> None:
-        if self.logged_out(identity):
+        if self._logged_out(identity):
             raise UnknownToken("Token has been logged out")
 
     def _route(self, request: web.Request) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
