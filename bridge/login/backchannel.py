@@ -27,6 +27,7 @@ from aiohttp import web
 
 from bridge.errors import IssuerUnavailable
 from bridge.login.jwts import JwtRefused
+from bridge.routes.client import read_at_most
 from bridge.state import LOGIN
 
 log = logging.getLogger("bridge.login")
@@ -50,8 +51,8 @@ async def backchannel_logout(request: web.Request) -> web.Response:
         return _answer(400, "invalid_request", "expected a form-encoded logout_token")
     if request.content_length is not None and request.content_length > _MAX_BODY:
         return _answer(400, "invalid_request", "body too large")
-    body = await request.content.read(_MAX_BODY + 1)
-    if len(body) > _MAX_BODY:
+    body = await read_at_most(request, _MAX_BODY)
+    if body is None:
         return _answer(400, "invalid_request", "body too large")
     try:
         form = parse_qs(body.decode("ascii"), strict_parsing=True)

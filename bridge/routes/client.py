@@ -95,19 +95,27 @@ async def room_creation(request: web.Request, identity: Identity) -> web.StreamR
     return await request.app[FORWARDER].forward(request, identity, body=body)
 
 
-async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+async def read_at_most(request: web.Request, limit: int) -> bytes | None:
+    """The whole body however it arrives, or None as soon as it is over ``limit`` bytes."""
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk
-        if len(body) > _MAX_JSON_BODY:
-            raise MatrixError("Request too large", errcode="M_TOO_LARGE", status=413)
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    body = await read_at_most(request, _MAX_JSON_BODY)
+    if body is None:
+        raise MatrixError("Request too large", errcode="M_TOO_LARGE", status=413)
     try:
         parsed = json.loads(body)
     except ValueError as e:
         raise BadRequest("Body is not JSON", errcode="M_NOT_JSON") from e
     if not isinstance(parsed, dict):
         raise BadRequest("Body is not a JSON object", errcode="M_BAD_JSON")
-    return bytes(body), parsed
+    return body, parsed
 
 
 async def login(request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -258,6 +259,28 @@ async def test_a_logout_token_is_used_once(
     assert (status, body["error"]) == (400, "invalid_request")
     assert await _whoami(stack, answer["access_token"]) == 200
     assert answer["device_id"] in await stack.devices(http, stack.user_id(username))
+
+
+async def test_a_logout_token_arriving_in_pieces_is_read_whole(
+    session: tuple[LoginStack, str, str, str],
+    issuer: TestIssuer,
+    test_key: rsa.RSAPrivateKey,
+) -> None:
+    stack, token, username, _device = session
+    form = f"logout_token={_sign(_claims(stack, issuer, username), test_key)}".encode()
+
+    async def in_two_pieces() -> AsyncIterator[bytes]:
+        yield form[:100]
+        await asyncio.sleep(0.05)
+        yield form[100:]
+
+    resp = await stack.bridge.post(
+        f"/{BACKCHANNEL}",
+        data=in_two_pieces(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert await _whoami(stack, token) == 401
 
 
 async def test_a_valid_logout_token_for_an_unknown_session_is_accepted(
