@@ -168,7 +168,7 @@ class Doctor:
                 "the discovery document has no introspection_endpoint",
                 "the issuer must offer RFC 7662 introspection to the bridge",
             )
-        headers, form = client_auth(cfg)
+        headers, form = client_auth(cfg.auth, cfg.client_id, cfg.client_secret)
         made_up = "matrix-oidc-bridge-doctor-" + secrets.token_urlsafe(16)
         who = "MAS's shared secret" if cfg.auth == "mas_shared_secret" else cfg.client_id
         hint = (

@@ -18,20 +18,22 @@ from bridge.metrics import Metrics
 log = logging.getLogger("bridge.issuer")
 
 
-def client_auth(cfg: IntrospectionConfig) -> tuple[dict[str, str], dict[str, str]]:
-    """The headers and form fields that authenticate the bridge to the introspection
-    endpoint, as configured."""
+def client_auth(
+    auth: str, client_id: str | None, client_secret: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers and form fields that authenticate the bridge to the issuer's
+    endpoints (introspection; the login client's token and revocation calls)."""
     headers = {"Accept": "application/json"}
-    if cfg.auth == "mas_shared_secret":
-        headers["Authorization"] = f"Bearer {cfg.client_secret}"
+    if auth == "mas_shared_secret":
+        headers["Authorization"] = f"Bearer {client_secret}"
         headers["X-MAS-Supports-Device-Id"] = "1"
         return headers, {}
-    assert cfg.client_id is not None  # checked by the config
-    if cfg.auth == "client_secret_post":
-        return headers, {"client_id": cfg.client_id, "client_secret": cfg.client_secret}
+    assert client_id is not None  # checked by the config
+    if auth == "client_secret_post":
+        return headers, {"client_id": client_id, "client_secret": client_secret}
     # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
     headers["Authorization"] = aiohttp.encode_basic_auth(
-        quote(cfg.client_id, safe=""), quote(cfg.client_secret, safe="")
+        quote(client_id, safe=""), quote(client_secret, safe="")
     )
     return headers, {}
 
@@ -64,7 +66,9 @@ class Introspector:
         self._limit = limit
         self._config = config
         self._timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        self._headers, self._form_auth = client_auth(self._config)
+        self._headers, self._form_auth = client_auth(
+            config.auth, config.client_id, config.client_secret
+        )
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """Return the introspection response (``active`` may be false)."""

@@ -21,11 +21,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 
 from bridge.errors import IssuerUnavailable
+from bridge.issuer import introspection
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata, issuer_failure
 from bridge.metrics import Metrics
@@ -84,15 +85,9 @@ class OAuthClient:
         self._limit = limit
         self.client_id = client_id
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._headers = {"Accept": "application/json"}
-        self._form_auth: dict[str, str] = {}
-        if client_auth == "client_secret_post":
-            self._form_auth = {"client_id": client_id, "client_secret": client_secret}
-        else:
-            # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
-            self._headers["Authorization"] = aiohttp.encode_basic_auth(
-                quote(client_id, safe=""), quote(client_secret, safe="")
-            )
+        self._headers, self._form_auth = introspection.client_auth(
+            client_auth, client_id, client_secret
+        )
 
     def _count(self, what: str, outcome: str, started: float) -> None:
         self._outcomes[(what, outcome)].inc()
@@ -203,6 +198,7 @@ class OAuthClient:
                     allow_redirects=False,
                 ) as resp:
                     status = resp.status
+                    retry = introspection.retry_after(resp)
                     try:
                         answer = await resp.json(content_type=None)
                     except ValueError:
@@ -226,4 +222,4 @@ class OAuthClient:
                 log.error("the issuer refused the bridge's login client (%s)", what)
             raise GrantRefused(error)
         log.error("%s answered HTTP %s", what, status)
-        raise IssuerUnavailable("The authentication service could not answer")
+        raise IssuerUnavailable("The authentication service could not answer", retry_after=retry)
