@@ -228,10 +228,10 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
 _SWEEP_INTERVAL = 60.0
 
 
-def signing_keys(app: web.Application) -> SigningKeySource | None:
+def signing_keys(app: web.Application) -> SigningKeySource:
     """The issuer's JWKS (:class:`bridge.issuer.jwks.SigningKeys`), for ID and logout
     tokens: always there with a login section."""
-    return app.get(SIGNING_KEYS)
+    return app[SIGNING_KEYS]
 
 
 async def login_layer(app: web.Application) -> AsyncIterator[None]:
@@ -259,6 +259,7 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         client_id=client_id,
         algorithms=config.login.signing_algorithms,
         keys=signing_keys(app),
+        leeway=config.issuer.leeway,
     )
     app[LOGIN] = LoginLayer(
         config=config,

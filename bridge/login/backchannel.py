@@ -44,8 +44,6 @@ def _answer(status: int, error: str | None = None, description: str = "") -> web
 
 async def backchannel_logout(request: web.Request) -> web.Response:
     layer = request.app[LOGIN]
-    if layer.jwts.keys is None:
-        return _answer(501, "temporarily_unavailable", "signature keys are not available")
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return _answer(400, "invalid_request", "expected a form-encoded logout_token")

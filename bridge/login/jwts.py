@@ -28,8 +28,6 @@ from typing import Any, Protocol
 
 import jwt
 
-# Seconds of clock skew allowed.
-LEEWAY = 30
 # A logout token issued longer ago than this is refused, so that its jti need
 # only be remembered this long.
 LOGOUT_TOKEN_MAX_AGE = 600
@@ -73,12 +71,14 @@ class JwtChecks:
         issuer: str,
         client_id: str,
         algorithms: tuple[str, ...],
-        keys: SigningKeySource | None,
+        keys: SigningKeySource,
+        leeway: float,
     ) -> None:
         self._issuer = issuer
         self._client_id = client_id
         self._algorithms = frozenset(algorithms)
         self.keys = keys
+        self._leeway = leeway  # seconds of clock skew allowed (issuer.leeway)
 
     def _header(self, token: str) -> dict[str, Any]:
         try:
@@ -93,33 +93,23 @@ class JwtChecks:
         return header
 
     async def _decode(
-        self, token: str, header: Mapping[str, Any], *, required: list[str], signed: bool
+        self, token: str, header: Mapping[str, Any], *, required: list[str]
     ) -> dict[str, Any]:
+        """The claims of a token signed with the issuer's key for its ``kid``."""
         alg = str(header["alg"])
-        options: dict[str, Any] = {"require": required, "verify_iat": True}
-        key: jwt.PyJWK | None = None
-        if signed or self.keys is not None:
-            if self.keys is None:
-                raise JwtRefused("the issuer's keys are not available")
-            kid = header.get("kid")
-            found = await self.keys.key(kid if isinstance(kid, str) else None, alg)
-            if isinstance(found, str):
-                raise JwtRefused(found)
-            key = found
-        else:
-            # Straight from the token endpoint (OIDC Core §3.1.3.7 step 6).
-            options.update(
-                verify_signature=False, verify_exp=True, verify_aud=True, verify_iss=True
-            )
+        kid = header.get("kid")
+        key = await self.keys.key(kid if isinstance(kid, str) else None, alg)
+        if isinstance(key, str):
+            raise JwtRefused(key)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                key=key,  # type: ignore[arg-type]
+                key=key,
                 algorithms=[alg],
                 audience=self._client_id,
                 issuer=self._issuer,
-                leeway=LEEWAY,
-                options=options,  # type: ignore[arg-type]
+                leeway=self._leeway,
+                options={"require": required, "verify_iat": True},
             )
         except jwt.PyJWTError as e:
             raise JwtRefused(f"{type(e).__name__}: {e}") from e
@@ -132,9 +122,7 @@ class JwtChecks:
         """The checked claims of an ID token from the token endpoint. ``nonce`` None: the
         grant had none (password grant), and the token must not carry one either."""
         header = self._header(token)
-        claims = await self._decode(
-            token, header, required=["iss", "aud", "exp", "iat", "sub"], signed=False
-        )
+        claims = await self._decode(token, header, required=["iss", "aud", "exp", "iat", "sub"])
         got = claims.get("nonce")
         if nonce is None:
             if got is not None:
@@ -153,9 +141,7 @@ class JwtChecks:
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _LOGOUT_TYPES):
             raise JwtRefused(f"typ {typ!r} is not a logout token's")
-        claims = await self._decode(
-            token, header, required=["iss", "aud", "iat", "jti"], signed=True
-        )
+        claims = await self._decode(token, header, required=["iss", "aud", "iat", "jti"])
         if "nonce" in claims:
             raise JwtRefused("a logout token must not carry a nonce")
         events = claims.get("events")
@@ -177,7 +163,7 @@ class JwtChecks:
         if iat < now - LOGOUT_TOKEN_MAX_AGE:
             raise JwtRefused("issued too long ago")
         exp = claims.get("exp")
-        until = iat + LOGOUT_TOKEN_MAX_AGE + LEEWAY
+        until = iat + LOGOUT_TOKEN_MAX_AGE + self._leeway
         if isinstance(exp, int | float) and not isinstance(exp, bool):
-            until = max(until, exp + LEEWAY)
+            until = max(until, exp + self._leeway)
         return LogoutClaims(sub=sub, sid=sid, jti=jti, remember_until=int(until) + 1)
