@@ -14,17 +14,18 @@ DeviceID = NewType("DeviceID", str)
 
 # Synapse's scope for its admin API (as Synapse reads it with MAS).
 ADMIN_SCOPE = "urn:synapse:admin:*"
-API_SCOPES = frozenset({"urn:matrix:client:api:*", "urn:matrix:org.matrix.msc2967.client:api:*"})
+API_SCOPE = "urn:matrix:client:api:*"
+API_SCOPES = frozenset({API_SCOPE, "urn:matrix:org.matrix.msc2967.client:api:*"})
 DEVICE_SCOPE_PREFIXES = (
     "urn:matrix:client:device:",
     "urn:matrix:org.matrix.msc2967.client:device:",
 )
 
 # The user-ID grammar for new users (spec appendix "User Identifiers").
-_LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
+LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 # Device IDs travel in query strings and paths (percent-encoded); allow the
 # characters an OAuth scope token can carry, as MAS does, and nothing else.
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}")
+DEVICE_ID = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}")
 _MAX_USER_ID = 255
 
 
@@ -103,11 +104,11 @@ def identity_from_claims(
         if len(devices) > 1:
             raise _refused("bad_device", "Token must not name more than one device in its scope")
         device = devices.pop() if devices else None
-    if device is not None and not _DEVICE_ID.fullmatch(device):
+    if device is not None and not DEVICE_ID.fullmatch(device):
         raise _refused("bad_device", "Token names an invalid device ID")
 
     localpart = claims.get(localpart_claim)
-    if not isinstance(localpart, str) or not _LOCALPART.fullmatch(localpart):
+    if not isinstance(localpart, str) or not LOCALPART.fullmatch(localpart):
         raise _refused("bad_localpart", "Token does not carry a valid Matrix localpart")
     if localpart in reserved_localparts:
         reserved = Forbidden("This account is reserved for the gateway and cannot be used")

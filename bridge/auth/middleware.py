@@ -14,6 +14,7 @@ import re
 
 from aiohttp import web
 
+from bridge.auth.identity import Identity
 from bridge.errors import BadRequest, MissingToken, UnknownToken
 from bridge.paths import CLIENT
 from bridge.state import AUTHENTICATOR, IDENTITY, LOGOUT_MOMENTS, PATH
@@ -96,13 +97,24 @@ async def authenticate(request: web.Request) -> None:
             raise MissingToken("Missing access token")
         request[IDENTITY] = None
     else:
-        authenticator = request.app[AUTHENTICATOR]
-        # A fresh cached session is answered without a coroutine (the hot path).
-        identity = authenticator.cached(token)
-        if identity is None:
-            identity = await authenticator.authenticate(token)
-        # A token issued before a logout of its device or user (bridge.auth.not_before):
-        # two dict lookups, whatever the cache still holds.
-        if request.app[LOGOUT_MOMENTS].refuses(identity):
-            raise UnknownToken("Token has been logged out")
-        request[IDENTITY] = identity
+        request[IDENTITY] = await identify(request, token)
+
+
+class LoggedOut(UnknownToken):
+    """A valid token issued before a logout of its device or user."""
+
+
+async def identify(request: web.Request, token: str) -> Identity:
+    """The identity behind ``token`` (every route that takes a token asks here).
+
+    A fresh cached session is answered without a coroutine (the hot path); a
+    token issued before a logout of its device or user (bridge.auth.not_before)
+    is refused whatever the cache still holds: two dict lookups.
+    """
+    authenticator = request.app[AUTHENTICATOR]
+    identity = authenticator.cached(token)
+    if identity is None:
+        identity = await authenticator.authenticate(token)
+    if request.app[LOGOUT_MOMENTS].refuses(identity):
+        raise LoggedOut("Token has been logged out")
+    return identity

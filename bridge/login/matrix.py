@@ -20,14 +20,13 @@ Errors are Matrix JSON with the status Synapse uses for each.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
 from aiohttp import web
 
-from bridge.auth.identity import Identity
-from bridge.auth.middleware import bearer_token
+from bridge.auth.identity import DEVICE_ID, LOCALPART, Identity
+from bridge.auth.middleware import LoggedOut, bearer_token, identify
 from bridge.errors import BadRequest, Forbidden, MatrixError, MissingToken, UnknownToken
 from bridge.issuer.oauth import GrantRefused
 from bridge.login.service import Issued, LoginFailed, LoginLayer, new_device_id
@@ -35,16 +34,9 @@ from bridge.login.sso import LOGIN_TOKEN
 from bridge.routes.client import read_json_object
 from bridge.routes.refused import refusal
 from bridge.routes.well_known import client_document
-from bridge.state import AUTHENTICATOR, CONFIG, LOGIN, LOGOUT_MOMENTS
+from bridge.state import AUTHENTICATOR, CONFIG, LOGIN
 
 log = logging.getLogger("bridge.login")
-
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}")
-_LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
-
-
-def _not_logged_in(message: str) -> UnknownToken:
-    return UnknownToken(message)
 
 
 def password_login_available(layer: LoginLayer) -> bool:
@@ -89,7 +81,7 @@ def _requested_device(parsed: dict[str, Any]) -> str | None:
     device_id = parsed.get("device_id")
     if device_id is None:
         return None
-    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
         raise BadRequest("device_id is not a valid device ID")
     return device_id
 
@@ -118,10 +110,10 @@ async def _token_login(
 async def _still_valid(request: web.Request, access_token: str) -> Identity:
     """The identity of a token about to be handed out, which must not have been logged
     out meanwhile (a back-channel logout between the callback and now)."""
-    identity = await request.app[AUTHENTICATOR].authenticate(access_token)
-    if request.app[LOGOUT_MOMENTS].refuses(identity):
-        raise Forbidden("Invalid login token")
-    return identity
+    try:
+        return await identify(request, access_token)
+    except LoggedOut:
+        raise Forbidden("Invalid login token") from None
 
 
 def _password_localpart(request: web.Request, parsed: dict[str, Any]) -> str:
@@ -142,7 +134,7 @@ def _password_localpart(request: web.Request, parsed: dict[str, Any]) -> str:
             raise Forbidden("Invalid username or password")
         user = localpart
     localpart = user.lower()
-    if not _LOCALPART.fullmatch(localpart):
+    if not LOCALPART.fullmatch(localpart):
         raise Forbidden("Invalid username or password")
     return localpart
 
@@ -181,17 +173,17 @@ async def refresh(request: web.Request) -> web.Response:
     layer = request.app[LOGIN]
     session = await layer.store.session_by_refresh(refresh_token)
     if session is None:
-        raise _not_logged_in("Unknown refresh token")
+        raise UnknownToken("Unknown refresh token")
     try:
         tokens = await layer.oauth.refresh(refresh_token)
     except GrantRefused as e:
         await layer.store.take_sessions(session.user_id, session.device_id)
-        raise _not_logged_in("The refresh token is no longer valid") from e
+        raise UnknownToken("The refresh token is no longer valid") from e
     try:
         identity = await request.app[AUTHENTICATOR].authenticate(tokens.access_token)
     except MatrixError as e:
         await layer.revoke_issued(tokens)
-        raise _not_logged_in("The refreshed token cannot be used") from e
+        raise UnknownToken("The refreshed token cannot be used") from e
     replaced = (identity.user_id, identity.device_id) == (
         session.user_id,
         session.device_id,
@@ -201,7 +193,7 @@ async def refresh(request: web.Request) -> web.Response:
     if not replaced:
         # Another device's token, a refresh that raced this one, or a logout meanwhile.
         await layer.revoke_issued(tokens)
-        raise _not_logged_in("The refresh token is no longer valid")
+        raise UnknownToken("The refresh token is no longer valid")
     answer: dict[str, object] = {
         "access_token": tokens.access_token,
         "refresh_token": tokens.refresh_token or refresh_token,
@@ -215,10 +207,7 @@ async def _logged_in(request: web.Request) -> tuple[str, Identity]:
     token = bearer_token(request)
     if token is None:
         raise MissingToken("Missing access token")
-    identity = await request.app[AUTHENTICATOR].authenticate(token)
-    if request.app[LOGOUT_MOMENTS].refuses(identity):
-        raise UnknownToken("Token has been logged out")
-    return token, identity
+    return token, await identify(request, token)
 
 
 async def logout(request: web.Request) -> web.Response:

@@ -31,11 +31,12 @@ import time
 from dataclasses import dataclass
 
 from bridge.auth.cache import CachedAuthenticator
-from bridge.auth.identity import DeviceID, Identity, UserID, device_scope
+from bridge.auth.identity import API_SCOPE, DeviceID, Identity, UserID, device_scope
 from bridge.auth.not_before import LogoutMoments, now_moment
 from bridge.config import BridgeConfig, LoginConfig
 from bridge.errors import MatrixError
 from bridge.homeserver.appservice import AppserviceClient
+from bridge.homeserver.provisioning import MAX_DEVICE_NAME
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.oauth import OAuthClient, TokenResponse
 from bridge.login.jwts import JwtChecks, JwtRefused
@@ -46,7 +47,6 @@ log = logging.getLogger("bridge.login")
 # Synapse's device IDs: ten upper-case letters (MAS's policy wants at least ten).
 _DEVICE_ID_ALPHABET = string.ascii_uppercase
 _DEVICE_ID_LENGTH = 10
-API_SCOPE = "urn:matrix:client:api:*"
 
 
 def new_device_id() -> str:
@@ -116,7 +116,6 @@ class LoginLayer:
     ) -> None:
         assert config.login is not None
         self.config: LoginConfig = config.login
-        self.bridge_config = config
         self.oauth = oauth
         self.jwts = jwts
         self.store = store
@@ -186,7 +185,7 @@ class LoginLayer:
         try:
             await self._strategy.prepare(identity)
             if display_name:
-                await self._strategy.rename_device(identity, display_name[:100])
+                await self._strategy.rename_device(identity, display_name[:MAX_DEVICE_NAME])
         except MatrixError as e:
             # The first request will try again; the login itself stands.
             log.warning("could not prepare a new device on the homeserver: %s", e.message)
