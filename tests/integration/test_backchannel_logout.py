@@ -33,7 +33,7 @@ import bridge.app
 from tests.integration.conftest import auth, new_localpart
 from tests.integration.login_stack import CLIENT_URL, V3, LoginStack, MakeLoginBridge
 from tests.support.issuer import TestIssuer
-from tests.support.sso import BACKCHANNEL, HttpBrowser, issuer_metadata
+from tests.support.sso import BACKCHANNEL, HttpBrowser
 
 WHOAMI = f"{V3}/account/whoami"
 EVENT = {"http://schemas.openid.net/event/backchannel-logout": {}}
@@ -304,10 +304,3 @@ async def test_the_endpoint_wants_a_form(session: tuple[LoginStack, str, str, st
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert resp.status == 400
-
-
-async def test_metadata_says_back_channel_logout(
-    http: aiohttp.ClientSession, issuer: TestIssuer
-) -> None:
-    meta = await issuer_metadata(http, issuer)
-    assert meta["backchannel_logout_supported"] is True
