@@ -322,6 +322,18 @@ class AppserviceConfig(Section):
         return self._exclusive_aliases
 
 
+def _yaml_problem(error: yaml.YAMLError | OSError) -> str:
+    """What is wrong with a file, and where: never PyYAML's own text, which quotes the
+    offending line (a secret, in a file that holds one)."""
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    problem = getattr(error, "problem", None) or "not valid YAML"
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return str(problem)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 def _exclusive_namespaces(file_name: str) -> tuple[list[str], list[str]]:
     """The exclusive user and alias regexes of another appservice's registration file."""
     key = "other_registrations"
@@ -329,7 +341,8 @@ def _exclusive_namespaces(file_name: str) -> tuple[list[str], list[str]]:
     try:
         registration = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise SettingError(key, f"cannot read the registration {path}: {e}") from None
+        problem = _yaml_problem(e)
+        raise SettingError(key, f"cannot read the registration {path}: {problem}") from None
     namespaces = registration.get("namespaces") if isinstance(registration, dict) else None
     if not isinstance(namespaces, dict):
         raise SettingError(key, f"{path} is not an appservice registration (no namespaces)")
@@ -892,7 +905,7 @@ def load_config(path: Path) -> BridgeConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError("(file)", f"{path} is not valid YAML: {e}") from e
+        raise ConfigError("(file)", f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     return parse_config(raw)
 
 

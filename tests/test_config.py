@@ -375,6 +375,22 @@ def test_load_config_invalid_yaml(tmp_path: Path) -> None:
     assert "not valid YAML" in info.value.problem
 
 
+def test_a_yaml_error_names_its_place_but_never_quotes_the_file(tmp_path: Path) -> None:
+    # PyYAML's own message quotes the line it stopped at: here, a secret.
+    bad_line = "as_token: 0123456789abcdef-not-to-be-logged: x"
+    path = tmp_path / "bridge.yaml"
+    path.write_text(f"server_name: example.test\n{bad_line}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "line 2, column" in info.value.problem
+    registration = tmp_path / "other.yaml"
+    registration.write_text(f"id: other\n{bad_line}\n")
+    error = config_error(with_value("appservice.other_registrations", [str(registration)]))
+    assert "line 2, column" in error.problem
+    for problem in (info.value.problem, error.problem):
+        assert "not-to-be-logged" not in problem
+
+
 def test_other_registrations_give_their_exclusive_namespaces(tmp_path: Path) -> None:
     registration = tmp_path / "telegram.yaml"
     registration.write_text(
