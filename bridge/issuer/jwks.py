@@ -112,8 +112,6 @@ class SigningKeys:
         self._failure: IssuerUnavailable | None = None
         self._unknown: OrderedDict[str | None, float] = OrderedDict()
         self._flight: SingleFlight[str, None] = SingleFlight()
-        # Fetches attempted (metrics and tests).
-        self.fetches = 0
 
     @property
     def kids(self) -> set[str | None]:
@@ -216,14 +214,15 @@ class SigningKeys:
 
     async def fetch(self) -> None:
         """Fetch the JWKS and keep it if it is one (IssuerUnavailable otherwise)."""
-        self.fetches += 1
         started = time.perf_counter()
         outcome = "ok"
         try:
             keys = await self._download()
         except IssuerUnavailable as e:
-            # No connection or no answer in time; anything else the issuer's error.
-            outcome = issuer_failure(e.__cause__) if e.__cause__ is not None else "error"
+            # No connection or no answer in time; an HTTP status as it says (refused:
+            # 4xx, as for discovery and introspection); anything else the issuer's error.
+            cause = e.__cause__
+            outcome = e.outcome or (issuer_failure(cause) if cause is not None else "error")
             self._failure = e
             raise
         finally:
@@ -248,10 +247,12 @@ class SigningKeys:
                 ) as resp:
                     if resp.status != 200:
                         log.error("the JWKS answered HTTP %s", resp.status)
-                        raise IssuerUnavailable(
+                        refused = IssuerUnavailable(
                             "The authentication service's keys are unavailable",
                             retry_after=retry_after(resp),
                         )
+                        refused.outcome = "refused" if resp.status < 500 else "error"
+                        raise refused
                     body = bytearray()
                     async for chunk in resp.content.iter_any():
                         body += chunk

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from bridge.errors import IssuerUnavailable
 from bridge.issuer.jwks import MAX_JWKS_BYTES, SigningKeys, fits
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.metrics import Metrics
 from tests.fakes import FakeIssuer, Fault, SigningKey, bridge_config
 
 COOLDOWN = 0.3
@@ -315,7 +315,21 @@ async def test_keys_are_loaded_in_the_background_once_the_issuer_answers(
         task.cancel()
 
 
-def test_fake_issuer_publishes_public_keys_only(issuer: FakeIssuer) -> None:
-    for key in issuer.keys:
-        assert "d" not in key.jwk
-        json.dumps(key.jwk)
+@pytest.mark.parametrize(
+    ("fault", "outcome"),
+    [(Fault.json({}, status=404), "refused"), (Fault.json({}, status=500), "error")],
+)
+async def test_jwks_fetch_outcomes_are_labelled_as_for_the_other_issuer_calls(
+    issuer: FakeIssuer, session: aiohttp.ClientSession, fault: Fault, outcome: str
+) -> None:
+    config = issuer_config(issuer)
+    metadata = IssuerMetadata(session, config)
+    await metadata.fetch()
+    metrics = Metrics()
+    keys = SigningKeys(session, metadata, config, InflightLimit(8), max_unknown=10, metrics=metrics)
+    await keys.fetch()
+    issuer.jwks_fault = fault
+    with pytest.raises(IssuerUnavailable):
+        await keys.fetch()
+    counts = {o: metrics.issuer_request["jwks", o]._value.get() for o in ("ok", outcome)}
+    assert counts == {"ok": 1, outcome: 1}
