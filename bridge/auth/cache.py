@@ -241,14 +241,16 @@ class CachedAuthenticator:
         return len(self._sessions)
 
     def key(self, token: str) -> bytes:
-        return hashlib.sha256(self._namespace + token.encode()).digest()
+        return token_key(token, self._namespace)
 
     def cached(self, token: str) -> Identity | None:
         """The identity of a fresh cached session, else None (then :meth:`authenticate`).
 
         The request hot path: no coroutine, no allocation beyond the digest.
         """
-        key = hashlib.sha256(self._namespace + token.encode()).digest()
+        return self._fresh(token_key(token, self._namespace))
+
+    def _fresh(self, key: bytes) -> Identity | None:
         session = self._sessions.get(key)
         if session is None or session[1] <= time.monotonic():
             return None
@@ -258,10 +260,10 @@ class CachedAuthenticator:
 
     async def authenticate(self, token: str) -> Identity:
         """The identity behind ``token``; UnknownToken, Forbidden or IssuerUnavailable otherwise."""
-        identity = self.cached(token)
+        key = self.key(token)
+        identity = self._fresh(key)
         if identity is not None:
             return identity
-        key = self.key(token)
         refused = self.cache.refused.get(key)
         if refused is not None:
             if refused[1] > time.monotonic():
