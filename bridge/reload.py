@@ -152,4 +152,8 @@ class Reloader:
                 if isinstance(verifier, JwtVerifier):
                     # A JWT's aud is always checked: against public_baseurl by default.
                     verifier.audiences = list(new.issuer.audiences) or [new.public_baseurl]
+            old = self._running.issuer
+            if (old.audiences, old.client_ids) != (new.issuer.audiences, new.issuer.client_ids):
+                # Every session was judged by the old allow-lists: judged again.
+                authenticator.cache.clear()
         self._running = running_config(self._running, new)

@@ -138,6 +138,13 @@ class TokenCache:
         if len(self.refused) > self.config.negative_max_size:
             self.refused.popitem(last=False)
 
+    def clear(self) -> None:
+        """Forget every session and refusal (their judgement's rules have changed)."""
+        self.generation += 1
+        self.sessions.clear()
+        self.refused.clear()
+        self._reindex()
+
     def forget(self, key: bytes) -> None:
         self.sessions.pop(key, None)
         self.refused.pop(key, None)
