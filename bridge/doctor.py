@@ -35,7 +35,7 @@ from bridge import USER_AGENT
 from bridge.config import BridgeConfig, load_config
 from bridge.errors import ConfigError
 from bridge.homeserver.probe import ProbeFailed, probe
-from bridge.issuer.introspection import client_auth
+from bridge.issuer.introspection import TOKEN_ERRORS, client_auth
 from bridge.issuer.metadata import discovery_url
 
 EXIT_FAILED = 1
@@ -191,9 +191,11 @@ class Doctor:
                     answer = None
         except (aiohttp.ClientError, TimeoutError) as e:
             raise CheckFailed(f"{url} is unreachable ({type(e).__name__})", hint) from e
-        if status in (400, 401, 403) and not (
-            isinstance(answer, dict) and answer.get("error") in ("invalid_token",)
-        ):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if status == 400 and error in TOKEN_ERRORS:
+            # The issuer judged the token, not the caller: the bridge reads it as inactive.
+            return f"accepted ({who}, {cfg.auth}): a made-up token is refused ({error})"
+        if status in (400, 401, 403):
             raise CheckFailed(
                 f"the issuer refused the bridge's credentials ({who}): HTTP {status}", hint
             )

@@ -120,7 +120,7 @@ def retry_after(resp: aiohttp.ClientResponse) -> int:
 
 
 # OAuth error codes (RFC 6750 §3.1, RFC 7009 §2.2.1) that judge the token, not the caller.
-_TOKEN_ERRORS = frozenset({"invalid_token", "unsupported_token_type"})
+TOKEN_ERRORS = frozenset({"invalid_token", "unsupported_token_type"})
 
 
 async def _token_refused(resp: aiohttp.ClientResponse) -> bool:
@@ -129,4 +129,4 @@ async def _token_refused(resp: aiohttp.ClientResponse) -> bool:
         answer = await resp.json(content_type=None)
     except ValueError:
         return False
-    return isinstance(answer, dict) and answer.get("error") in _TOKEN_ERRORS
+    return isinstance(answer, dict) and answer.get("error") in TOKEN_ERRORS
