@@ -31,10 +31,6 @@ class Notifier:
             # "@name": Linux's abstract namespace, a leading NUL byte.
             self._address = "\0" + address[1:] if address.startswith("@") else address
 
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
     def send(self, *fields: str) -> None:
         """One notification (``KEY=value`` fields); failures are logged, never raised."""
         if self._address is None:
