@@ -87,21 +87,6 @@ VALIDATION_OUTCOMES: Final = (
     "issuer_unavailable",
 )
 CACHE_LOOKUPS: Final = ("hit", "negative_hit", "miss")
-# MAS's provisioning endpoints (bridge.routes.mas_api.ENDPOINTS), by name.
-PROVISIONING_ENDPOINTS: Final = (
-    "query_user",
-    "provision_user",
-    "is_localpart_available",
-    "delete_user",
-    "reactivate_user",
-    "set_displayname",
-    "unset_displayname",
-    "upsert_device",
-    "update_device_display_name",
-    "delete_device",
-    "sync_devices",
-    "allow_cross_signing_reset",
-)
 # Closed doors (bridge.routes.refused), by rule.
 CLOSED_DOOR_RULES: Final = (
     "account_deactivation",

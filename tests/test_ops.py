@@ -18,6 +18,7 @@ from bridge.app import create_app
 from bridge.metrics import PREFIX
 from bridge.ops import create_ops_app
 from bridge.reload import Reloader
+from bridge.routes.mas_api import ENDPOINTS
 from bridge.systemd import Notifier
 from tests.fakes import (
     BridgeClient,
@@ -171,7 +172,7 @@ def assert_fixed_labels(samples: Samples) -> None:
         "outcome": m.ISSUER_OUTCOMES + m.VALIDATION_OUTCOMES,
         "result": m.CACHE_LOOKUPS,
         "cache": ("positive", "negative"),
-        "endpoint": m.PROVISIONING_ENDPOINTS,
+        "endpoint": tuple(ENDPOINTS),  # MAS's provisioning API, by name
         "rule": m.CLOSED_DOOR_RULES,
     }
     for name, found in samples.items():
