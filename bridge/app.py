@@ -213,7 +213,7 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
             txn_key,
             long_poll_session=long_poll_session,
             metrics=app[METRICS],
-            logged_out=app[LOGOUT_MOMENTS].refuses,
+            logged_out=app[LOGOUT_MOMENTS].covers,
         )
         app[STRATEGY] = strategy
         app[APPSERVICE] = appservice

@@ -115,6 +115,6 @@ async def identify(request: web.Request, token: str) -> Identity:
     identity = authenticator.cached(token)
     if identity is None:
         identity = await authenticator.authenticate(token)
-    if request.app[LOGOUT_MOMENTS].refuses(identity):
+    if request.app[LOGOUT_MOMENTS].refuses(identity, token):
         raise LoggedOut("Token has been logged out")
     return identity

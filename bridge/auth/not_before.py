@@ -7,6 +7,10 @@ back-channel logout one for each device of the ended session. A token whose
 a logout holds on the very next request, even where the issuer could not
 revoke the token (a JWT access token, or another client's token).
 
+``/logout`` with a device-less token (the API scope alone) ends that token
+only: its moment names the token by digest, not a device, and refuses it
+whenever it was issued, leaving the user's other device-less tokens alone.
+
 The check is on every authenticated request, so it is two dict lookups in
 memory (:meth:`LogoutMoments.refuses`), never a store query. The moments are
 written to the store and reach every instance from there
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from bridge.auth.identity import Identity
-from bridge.store.records import LogoutMoment
+from bridge.store.records import LogoutMoment, digest
 
 log = logging.getLogger("bridge.auth")
 
@@ -42,16 +46,27 @@ class LogoutMoments:
     def __init__(self, on_logout: OnLogout | None = None) -> None:
         self._users: dict[str, int] = {}
         self._devices: dict[tuple[str, str], int] = {}
+        # user → digests of its device-less tokens logged out → when.
+        self._tokens: dict[str, dict[str, int]] = {}
         self._on_logout = on_logout
         self.seen = 0  # the highest store sequence number applied
 
     def __len__(self) -> int:
-        return len(self._users) + len(self._devices)
+        return len(self._users) + len(self._devices) + sum(map(len, self._tokens.values()))
 
-    def refuses(self, identity: Identity) -> bool:
-        """Whether the identity's token was issued at or before a logout covering it."""
-        if not self._users and not self._devices:
+    def refuses(self, identity: Identity, token: str) -> bool:
+        """Whether ``token`` (of ``identity``) was logged out: itself (device-less), or
+        issued at or before a logout covering its user or device (:meth:`covers`)."""
+        if not self._users and not self._devices and not self._tokens:
             return False
+        if identity.device_id is None:
+            ended = self._tokens.get(identity.user_id)
+            if ended is not None and digest(token) in ended:
+                return True
+        return self.covers(identity)
+
+    def covers(self, identity: Identity) -> bool:
+        """Whether a logout of its user or device covers the identity's ``iat``."""
         user_moment = self._users.get(identity.user_id)
         device_moment = (
             self._devices.get((identity.user_id, identity.device_id))
@@ -72,6 +87,10 @@ class LogoutMoments:
         for moment in moments:
             self.seen = max(self.seen, moment.seq)
             user_id, device_id, not_before = moment.user_id, moment.device_id, moment.not_before
+            if moment.token_hash is not None:
+                # One token: refused by refuses(); nothing to drop from the cache.
+                self._tokens.setdefault(user_id, {})[moment.token_hash] = not_before
+                continue
             if device_id is None:
                 if self._users.get(user_id, not_before - 1) >= not_before:
                     continue
@@ -87,6 +106,10 @@ class LogoutMoments:
         """Forget moments older than ``before`` (no token issued then lives any more)."""
         self._users = {u: m for u, m in self._users.items() if m >= before}
         self._devices = {d: m for d, m in self._devices.items() if m >= before}
+        tokens = {
+            u: {t: m for t, m in ended.items() if m >= before} for u, ended in self._tokens.items()
+        }
+        self._tokens = {u: ended for u, ended in tokens.items() if ended}
 
 
 def now_moment() -> int:

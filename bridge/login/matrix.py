@@ -214,7 +214,7 @@ async def logout(request: web.Request) -> web.Response:
     token, identity = await _logged_in(request)
     if identity.device_id is None:
         # A device-less token (the API scope alone): nothing on the homeserver to end.
-        await request.app[LOGIN].oauth.revoke(token, "access_token")
+        await request.app[LOGIN].end_token(identity.user_id, token)
         request.app[AUTHENTICATOR].forget(token)
         return web.json_response({})
     await request.app[LOGIN].end_device(identity.user_id, identity.device_id, token)

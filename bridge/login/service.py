@@ -41,6 +41,7 @@ from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.oauth import OAuthClient, TokenResponse
 from bridge.login.jwts import JwtChecks, JwtRefused
 from bridge.store import LoginSession, Store
+from bridge.store.records import digest
 
 log = logging.getLogger("bridge.login")
 
@@ -192,9 +193,18 @@ class LoginLayer:
 
     # -- ending sessions ---------------------------------------------------------------
 
-    async def _record(self, user_id: str, device_id: str | None) -> None:
-        moment = await self.store.add_logout_moment(user_id, device_id, now_moment())
+    async def _record(
+        self, user_id: str, device_id: str | None, token_hash: str | None = None
+    ) -> None:
+        moment = await self.store.add_logout_moment(user_id, device_id, now_moment(), token_hash)
         self.moments.apply([moment])
+
+    async def end_token(self, user_id: str, access_token: str) -> None:
+        """``/logout`` with a device-less token: nothing on the homeserver to end, so the
+        token is revoked and refused from now on, by every instance, whatever its
+        ``iat`` (a JWT access token cannot be revoked at the issuer)."""
+        await self.oauth.revoke(access_token, "access_token")
+        await self._record(user_id, None, digest(access_token))
 
     async def _end_sessions(self, user_id: str, device_id: str | None) -> list[str]:
         """Steps 1 and 2 for the device (or user): its sessions taken out of the store

@@ -109,7 +109,7 @@ class Store(Protocol):
         ...
 
     async def add_logout_moment(
-        self, user_id: str, device_id: str | None, not_before: int
+        self, user_id: str, device_id: str | None, not_before: int, token_hash: str | None = None
     ) -> LogoutMoment:
         """Record a logout moment and announce it to every instance."""
         ...

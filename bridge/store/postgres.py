@@ -397,19 +397,20 @@ class PostgresStore:
         return sorted((self._session(row) for row in rows), key=lambda x: x.device_id)
 
     async def add_logout_moment(
-        self, user_id: str, device_id: str | None, not_before: int
+        self, user_id: str, device_id: str | None, not_before: int, token_hash: str | None = None
     ) -> LogoutMoment:
         """Record a moment and NOTIFY it in the same transaction: every instance that
         LISTENs hears it when it commits."""
         async with self._transaction() as conn:
             seq = await conn.fetchval(
-                "INSERT INTO logout_moments (user_id, device_id, not_before)"
-                " VALUES ($1, $2, $3) RETURNING seq",
+                "INSERT INTO logout_moments (user_id, device_id, not_before, token_hash)"
+                " VALUES ($1, $2, $3, $4) RETURNING seq",
                 user_id,
                 device_id,
                 not_before,
+                token_hash,
             )
-            moment = LogoutMoment(int(seq), user_id, device_id, not_before)
+            moment = LogoutMoment(int(seq), user_id, device_id, not_before, token_hash)
             await conn.execute(
                 "SELECT pg_notify($1, $2)", LOGOUT_CHANNEL, json.dumps(_announced(moment))
             )
@@ -419,11 +420,11 @@ class PostgresStore:
         """The moments recorded after ``seq``."""
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT seq, user_id, device_id, not_before FROM logout_moments"
+                "SELECT seq, user_id, device_id, not_before, token_hash FROM logout_moments"
                 " WHERE seq > $1 ORDER BY seq",
                 seq,
             )
-        return [LogoutMoment(int(r[0]), str(r[1]), r[2], int(r[3])) for r in rows]
+        return [LogoutMoment(int(r[0]), str(r[1]), r[2], int(r[3]), r[4]) for r in rows]
 
     async def follow_logout_moments(self, apply: ApplyMoments, *, interval: float) -> None:
         """LISTEN on a connection of its own; after every (re)connection, read every
@@ -501,14 +502,16 @@ def _announced(moment: LogoutMoment) -> dict[str, object]:
         "user_id": moment.user_id,
         "device_id": moment.device_id,
         "not_before": moment.not_before,
+        "token_hash": moment.token_hash,
     }
 
 
 def _moment(announced: dict[str, object]) -> LogoutMoment:
-    device_id = announced["device_id"]
+    device_id, token_hash = announced["device_id"], announced.get("token_hash")
     return LogoutMoment(
         seq=int(str(announced["seq"])),
         user_id=str(announced["user_id"]),
         device_id=None if device_id is None else str(device_id),
         not_before=int(str(announced["not_before"])),
+        token_hash=None if token_hash is None else str(token_hash),
     )

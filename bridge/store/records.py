@@ -38,12 +38,18 @@ class LoginSession:
 @dataclass(frozen=True)
 class LogoutMoment:
     """Tokens of the user (``device_id`` None) or of one device issued at or before
-    ``not_before`` (Unix seconds, compared with ``iat``) are refused."""
+    ``not_before`` (Unix seconds, compared with ``iat``) are refused.
+
+    With ``token_hash`` (the :func:`digest` of one device-less token), only that
+    token is refused, whenever it was issued; ``not_before`` is then when it was
+    logged out (for the retention sweep).
+    """
 
     seq: int
     user_id: str
     device_id: str | None
     not_before: int
+    token_hash: str | None = None
 
 
 # Called with moments as they arrive from the store (other instances' logouts too).

@@ -107,6 +107,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             " not_before BIGINT NOT NULL)",
         ),
     ),
+    Migration(
+        4,
+        "logout moments of one device-less token",
+        ("ALTER TABLE logout_moments ADD COLUMN token_hash TEXT",),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

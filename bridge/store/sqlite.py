@@ -436,27 +436,28 @@ class SqliteStore:
         return sorted((self._session(row) for row in rows), key=lambda x: x.device_id)
 
     async def add_logout_moment(
-        self, user_id: str, device_id: str | None, not_before: int
+        self, user_id: str, device_id: str | None, not_before: int, token_hash: str | None = None
     ) -> LogoutMoment:
         """Record a moment; the other processes on the file find it when they next look."""
         async with self._writing() as conn:
             cursor = await conn.execute(
-                "INSERT INTO logout_moments (user_id, device_id, not_before) VALUES (?, ?, ?)",
-                (user_id, device_id, not_before),
+                "INSERT INTO logout_moments (user_id, device_id, not_before, token_hash)"
+                " VALUES (?, ?, ?, ?)",
+                (user_id, device_id, not_before, token_hash),
             )
             seq = cursor.lastrowid
         assert seq is not None
-        return LogoutMoment(seq, user_id, device_id, not_before)
+        return LogoutMoment(seq, user_id, device_id, not_before, token_hash)
 
     async def logout_moments_since(self, seq: int) -> list[LogoutMoment]:
         """The moments recorded after ``seq`` (writes are serialised: in order)."""
         async with self._reading() as conn:
             rows = await conn.execute_fetchall(
-                "SELECT seq, user_id, device_id, not_before FROM logout_moments"
+                "SELECT seq, user_id, device_id, not_before, token_hash FROM logout_moments"
                 " WHERE seq > ? ORDER BY seq",
                 (seq,),
             )
-        return [LogoutMoment(int(r[0]), str(r[1]), r[2], int(r[3])) for r in rows]
+        return [LogoutMoment(int(r[0]), str(r[1]), r[2], int(r[3]), r[4]) for r in rows]
 
     async def follow_logout_moments(self, apply: ApplyMoments, *, interval: float) -> None:
         """Look for new moments every ``interval`` seconds (one indexed query)."""

@@ -3,12 +3,14 @@
 A login started on one instance is finished on the other (the one-time secrets
 live in the store, and a ``loginToken`` is used once across both); a logout
 through one reaches the other within a second (PostgreSQL ``LISTEN/NOTIFY``),
-although the other holds the token in its cache.
+although the other holds the token in its cache. That holds for a device-less
+token too, whose logout ends that one token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from bridge.config import AppserviceConfig
 from tests.integration.conftest import auth, new_localpart
 from tests.integration.login_stack import CLIENT_URL, V3
 from tests.integration.test_device_login import CHILD_ENV, REPO_ROOT, Served, new_postgres_store
-from tests.support.issuer import TestIssuer
+from tests.support.issuer import TestIssuer, obtain_token
 from tests.support.net import free_port
 from tests.support.postgres import PostgresServer
 from tests.support.sso import HttpBrowser, login_section, register_login_client
@@ -81,6 +83,56 @@ async def _whoami(http: aiohttp.ClientSession, base: str, token: str) -> tuple[i
         return resp.status, await resp.json()
 
 
+async def _two_instances(
+    serve: Any,
+    *,
+    deaf: bool,
+    postgres_server: PostgresServer,
+    issuer: TestIssuer,
+    synapse: SynapseServer,
+    appservice: AppserviceConfig,
+    http: aiohttp.ClientSession,
+) -> tuple[str, str, str]:
+    """Instances "one" and "two" on one PostgreSQL store, behind one public name
+    (``deaf``: "two" does not follow logouts): that name, and each one's own URL."""
+    store = await new_postgres_store(postgres_server)
+    ports = [free_port(), free_port()]
+    one_base = f"http://127.0.0.1:{ports[0]}/"
+    client = await register_login_client(http, issuer, one_base)
+    served = []
+    for name, port in zip(("one", "two"), ports, strict=True):
+        document = served_bridge_document(
+            issuer=issuer,
+            homeserver_url=synapse.base_url,
+            appservice=appservice,
+            port=port,
+            strategy="device_login",
+            store=store,
+            login=login_section(client),
+        )
+        document["public_baseurl"] = one_base  # one public name behind a load balancer
+        served.append(serve(name, document, port, deaf=deaf and name == "two"))
+    await asyncio.gather(*(asyncio.to_thread(s.wait_ready) for s in served))
+    one, two = (s.base for s in served)
+    return one_base, one, two
+
+
+async def _refused_within_a_second(http: aiohttp.ClientSession, base: str, token: str) -> float:
+    """Ask ``base`` until it refuses ``token`` (at most a second after now): how long."""
+    logged_out = time.monotonic()
+    while True:
+        status, body = await _whoami(http, base, token)
+        waited = time.monotonic() - logged_out
+        if status == 401:
+            break
+        assert status == 200, body
+        assert waited < 1.0, "the other instance still served the token after a second"
+        await asyncio.sleep(0.02)
+    assert body["errcode"] == "M_UNKNOWN_TOKEN"
+    assert waited < 1.0
+    return waited
+
+
 @pytest.mark.parametrize("deaf", [False, True], ids=["listening", "control-deaf"])
 async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
     serve: Any,
@@ -91,25 +143,15 @@ async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
     device_login_appservice: AppserviceConfig,
     http: aiohttp.ClientSession,
 ) -> None:
-    store = await new_postgres_store(postgres_server)
-    ports = [free_port(), free_port()]
-    one_base = f"http://127.0.0.1:{ports[0]}/"
-    client = await register_login_client(http, issuer, one_base)
-    served = []
-    for name, port in zip(("one", "two"), ports, strict=True):
-        document = served_bridge_document(
-            issuer=issuer,
-            homeserver_url=synapse.base_url,
-            appservice=device_login_appservice,
-            port=port,
-            strategy="device_login",
-            store=store,
-            login=login_section(client),
-        )
-        document["public_baseurl"] = one_base  # one public name behind a load balancer
-        served.append(serve(name, document, port, deaf=deaf and name == "two"))
-    await asyncio.gather(*(asyncio.to_thread(s.wait_ready) for s in served))
-    one, two = (s.base for s in served)
+    one_base, one, two = await _two_instances(
+        serve,
+        deaf=deaf,
+        postgres_server=postgres_server,
+        issuer=issuer,
+        synapse=synapse,
+        appservice=device_login_appservice,
+        http=http,
+    )
 
     person = HttpBrowser()
     try:
@@ -129,21 +171,48 @@ async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
 
     async with http.post(f"{one}{V3}/logout", headers=auth(token), json={}) as resp:
         assert resp.status == 200, await resp.text()
-    logged_out = time.monotonic()
     if deaf:
         # Without the announcement, the other instance trusts its cache (and even gets
         # the deleted device logged in again): the test below would fail.
         await asyncio.sleep(1.0)
         assert (await _whoami(http, two, token))[0] == 200
         return
-    while True:
-        status, body = await _whoami(http, two, token)
-        waited = time.monotonic() - logged_out
-        if status == 401:
-            break
-        assert status == 200, body
-        assert waited < 1.0, "the other instance still served the token after a second"
-        await asyncio.sleep(0.02)
-    assert body["errcode"] == "M_UNKNOWN_TOKEN"
-    assert waited < 1.0
+    waited = await _refused_within_a_second(http, two, token)
     print(f"the other instance refused the token {waited * 1000:.0f} ms after the logout")
+
+
+async def test_a_device_less_tokens_logout_reaches_the_other_instance_and_ends_it_alone(
+    serve: Any,
+    postgres_server: PostgresServer,
+    issuer: TestIssuer,
+    synapse: SynapseServer,
+    device_login_appservice: AppserviceConfig,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A token with the API scope alone has no device whose moment could end it: its
+    logout names the token itself, and the user's other device-less token lives on."""
+    _, one, two = await _two_instances(
+        serve,
+        deaf=False,
+        postgres_server=postgres_server,
+        issuer=issuer,
+        synapse=synapse,
+        appservice=device_login_appservice,
+        http=http,
+    )
+    name = new_localpart("jay")
+    ended, kept = [
+        (await obtain_token(http, issuer.url, username=name, device_id=None)).access_token
+        for _ in range(2)
+    ]
+    for base, token in itertools.product((one, two), (ended, kept)):
+        status, me = await _whoami(http, base, token)
+        assert status == 200, me  # now cached by both
+        assert "device_id" not in me
+
+    async with http.post(f"{one}{V3}/logout", headers=auth(ended), json={}) as resp:
+        assert resp.status == 200, await resp.text()
+    assert (await _whoami(http, one, ended))[0] == 401
+    await _refused_within_a_second(http, two, ended)
+    for base in (one, two):
+        assert (await _whoami(http, base, kept))[0] == 200

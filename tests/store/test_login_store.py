@@ -105,6 +105,10 @@ async def test_logout_moments_in_order(store: StoreUnderTest) -> None:
     assert await s.logout_moments_since(0) == [first, second]
     assert await s.logout_moments_since(first.seq) == [second]
     assert second == LogoutMoment(second.seq, ALICE, None, 200)
+    ended = await s.add_logout_moment(ALICE, None, 300, "digest-of-one-token")
+    assert await s.logout_moments_since(second.seq) == [
+        LogoutMoment(ended.seq, ALICE, None, 300, "digest-of-one-token")
+    ]
 
 
 async def test_another_instance_hears_of_a_moment(store: StoreUnderTest) -> None:
@@ -123,6 +127,7 @@ async def test_another_instance_hears_of_a_moment(store: StoreUnderTest) -> None
         early = await one.add_logout_moment(ALICE, None, 100)
         await asyncio.sleep(0.3)  # the follower is listening (or has looked) by now
         started = time.monotonic()
+        token_moment = await one.add_logout_moment(ALICE, None, 150, "digest-of-one-token")
         late = await one.add_logout_moment(BOB, "DEVB", 200)
         await asyncio.wait_for(arrived.wait(), 2)
         assert time.monotonic() - started < 1.0
@@ -130,6 +135,7 @@ async def test_another_instance_hears_of_a_moment(store: StoreUnderTest) -> None
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
     assert early in heard
+    assert token_moment in heard  # its digest too (PostgreSQL: in the announcement)
     assert late in heard
 
 
