@@ -108,3 +108,37 @@ async def test_sso_redirect_without_a_redirect_url_is_an_error_page(bridge: Brid
     assert resp.status == 400
     assert resp.content_type == "text/html"
     assert resp.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_a_device_less_jwts_logout_ends_it_for_good_and_it_alone(
+    aiohttp_client: AiohttpClient,
+    aiohttp_server: AiohttpServer,
+    homeserver: FakeHomeserver,
+    tmp_path: Path,
+) -> None:
+    """A JWT access token cannot be revoked at the issuer: once dropped from the cache,
+    it would pass validation again, but for the moment that names it."""
+    issuer = await FakeIssuer.start(aiohttp_server)
+    store = {"path": str(tmp_path / "b.db"), "encryption_keys": [Fernet.generate_key().decode()]}
+    config = bridge_config(
+        issuer.url,
+        homeserver.url,
+        {"store": store, "login": {}, "issuer": {"validation": "jwt"}},
+    )
+    bridge = await start_bridge(aiohttp_client, config)
+    ended, kept = (issuer.sign(issuer.access_claims(device_id=None)) for _ in range(2))
+    for token in (ended, kept):
+        resp = await bridge.get(
+            f"{V3}/account/whoami", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert resp.status == 200, await resp.text()
+
+    resp = await bridge.post(f"{V3}/logout", headers={"Authorization": f"Bearer {ended}"}, json={})
+    assert resp.status == 200, await resp.text()
+    forwarded = len(homeserver.client_requests)
+    resp = await bridge.get(f"{V3}/account/whoami", headers={"Authorization": f"Bearer {ended}"})
+    assert resp.status == 401
+    assert (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    assert len(homeserver.client_requests) == forwarded
+    resp = await bridge.get(f"{V3}/account/whoami", headers={"Authorization": f"Bearer {kept}"})
+    assert resp.status == 200
