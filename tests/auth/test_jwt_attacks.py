@@ -2,7 +2,8 @@
 
 Table-driven: each attack is one named test that sends one forged or broken
 token to a bridge in ``issuer.validation: jwt`` mode and must get 401 (with
-``soft_logout`` false, except for a token that merely expired), while the
+``soft_logout`` false, except for a token that merely expired) from the very
+check the case names (its ``error`` message says which), while the
 recording fake homeserver gets nothing at all, the issuer is never asked to
 introspect, and no URL named in the token (``jku``, ``x5u``) is fetched.
 Then the floods: one unknown ``kid`` 1,000 times at once, and 1,000 random
@@ -159,117 +160,200 @@ API = "urn:matrix:client:api:*"
 @dataclass(frozen=True)
 class Case:
     forge: Forge
+    # The refusal's message (the Matrix error's ``error``): the check the case names
+    # refused it, not another one on the way.
+    reason: str
     errcode: str = "M_UNKNOWN_TOKEN"
     soft_logout: bool = False
     # Whether the JWKS may be fetched once more (a kid the bridge does not hold).
     refetch: bool = False
 
 
+# The refusals shared by several cases.
+ALG_REFUSED = "Token is signed with an algorithm this homeserver does not accept"
+BAD_SIGNATURE = "Token's signature is invalid"
+UNPUBLISHED_KEY = "Token is signed with a key the issuer does not publish"
+NOT_AT_JWT = "Token is not a JWT access token (typ at+jwt)"
+WRONG_ISSUER = "Token was issued by another issuer"
+WRONG_AUDIENCE = "Token is not meant for this homeserver"
+EXP_NOT_A_NUMBER = "Token's exp claim is not a number"
+NOT_YET_VALID = "Token is not valid yet"
+NO_API_SCOPE = "Token does not grant access to the Matrix client API"
+BAD_DEVICE_ID = "Token names an invalid device ID"
+BAD_LOCALPART = "Token does not carry a valid Matrix localpart"
+
 ATTACKS: dict[str, Case] = {
     # -- algorithms --------------------------------------------------------------------
     "alg-none": Case(
-        lambda i, a: unsigned({"alg": "none", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims())
+        lambda i, a: unsigned({"alg": "none", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims()),
+        reason=ALG_REFUSED,
     ),
     "alg-None-capitalised": Case(
-        lambda i, a: unsigned({"alg": "None", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims())
+        lambda i, a: unsigned({"alg": "None", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims()),
+        reason=ALG_REFUSED,
     ),
-    "alg-missing": Case(lambda i, a: unsigned({"typ": "at+jwt", "kid": "rs-1"}, i.access_claims())),
+    "alg-missing": Case(
+        lambda i, a: unsigned({"typ": "at+jwt", "kid": "rs-1"}, i.access_claims()),
+        reason=ALG_REFUSED,
+    ),
     "hs256-with-the-issuers-public-key-pem": Case(
         lambda i, a: hmac_signed(
             public_pem(i), {"alg": "HS256", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims()
-        )
+        ),
+        reason=ALG_REFUSED,
     ),
     "hs256-with-the-issuers-public-key-jwk": Case(
         lambda i, a: hmac_signed(
             json.dumps(i.key("RS256").jwk).encode(),
             {"alg": "HS256", "typ": "at+jwt", "kid": "rs-1"},
             i.access_claims(),
-        )
+        ),
+        reason=ALG_REFUSED,
     ),
     "hs512-with-the-issuers-public-key-pem": Case(
         lambda i, a: hmac_signed(
             public_pem(i), {"alg": "HS512", "typ": "at+jwt", "kid": "rs-1"}, i.access_claims()
-        )
+        ),
+        reason=ALG_REFUSED,
     ),
     "rs256-naming-the-issuers-ec-key": Case(
-        lambda i, a: i.sign(key=i.key("RS256"), headers={"kid": "es-1"})
+        lambda i, a: i.sign(key=i.key("RS256"), headers={"kid": "es-1"}),
+        reason="Token's key does not fit its algorithm RS256",
     ),
     "es256-naming-the-issuers-rsa-key": Case(
-        lambda i, a: i.sign(key=i.key("ES256"), headers={"kid": "rs-1"})
+        lambda i, a: i.sign(key=i.key("ES256"), headers={"kid": "rs-1"}),
+        reason="Token's key does not fit its algorithm ES256",
     ),
     "es256-header-over-an-rs256-signature": Case(
         lambda i, a: (
             b64json({"alg": "ES256", "typ": "at+jwt", "kid": "es-1"})
             + "."
             + ".".join(i.sign().split(".")[1:])
-        )
+        ),
+        reason=BAD_SIGNATURE,
     ),
     # -- keys --------------------------------------------------------------------------
     "rs256-signed-by-a-stranger-under-the-issuers-kid": Case(
-        lambda i, a: i.sign(key=stranger("RS256", "rs-1"))
+        lambda i, a: i.sign(key=stranger("RS256", "rs-1")), reason=BAD_SIGNATURE
     ),
     "es256-signed-by-a-stranger-under-the-issuers-kid": Case(
-        lambda i, a: i.sign(key=stranger("ES256", "es-1"))
+        lambda i, a: i.sign(key=stranger("ES256", "es-1")), reason=BAD_SIGNATURE
     ),
-    "kid-not-in-the-jwks": Case(lambda i, a: i.sign(key=stranger("RS256", "rogue")), refetch=True),
+    "kid-not-in-the-jwks": Case(
+        lambda i, a: i.sign(key=stranger("RS256", "rogue")),
+        refetch=True,
+        reason=UNPUBLISHED_KEY,
+    ),
     "strangers-key-embedded-as-jwk-header": Case(
         lambda i, a: i.sign(key=(k := stranger("RS256", "embedded")), headers={"jwk": k.jwk}),
         refetch=True,
+        reason=UNPUBLISHED_KEY,
     ),
     "jku-header-to-the-attacker": Case(
         lambda i, a: i.sign(key=stranger("RS256", "via-jku"), headers={"jku": a.url + "jwks"}),
         refetch=True,
+        reason=UNPUBLISHED_KEY,
     ),
     "x5u-header-to-the-attacker": Case(
         lambda i, a: i.sign(key=stranger("RS256", "via-x5u"), headers={"x5u": a.url + "cert"}),
         refetch=True,
+        reason=UNPUBLISHED_KEY,
     ),
-    "crit-header-signed-by-the-issuer": Case(lambda i, a: i.sign(headers={"crit": ["exp"]})),
-    "signature-stripped": Case(lambda i, a: stripped(i)),
-    "payload-tampered": Case(lambda i, a: tampered(i)),
-    "not-a-jwt": Case(lambda i, a: "opaque-token-in-jwt-mode"),
+    "crit-header-signed-by-the-issuer": Case(
+        lambda i, a: i.sign(headers={"crit": ["exp"]}),
+        reason="Token has critical header parameters this homeserver does not know",
+    ),
+    "signature-stripped": Case(lambda i, a: stripped(i), reason=BAD_SIGNATURE),
+    "payload-tampered": Case(lambda i, a: tampered(i), reason=BAD_SIGNATURE),
+    "not-a-jwt": Case(lambda i, a: "opaque-token-in-jwt-mode", reason="Token is not a JWT"),
     # -- type --------------------------------------------------------------------------
-    "typ-missing": Case(lambda i, a: i.sign(typ=None)),
-    "typ-JWT": Case(lambda i, a: i.sign(typ="JWT")),
-    "id-token": Case(lambda i, a: id_token(i, "element")),
-    "id-token-for-our-audience": Case(lambda i, a: id_token(i, "https://matrix.example.test/")),
+    "typ-missing": Case(lambda i, a: i.sign(typ=None), reason=NOT_AT_JWT),
+    "typ-JWT": Case(lambda i, a: i.sign(typ="JWT"), reason=NOT_AT_JWT),
+    "id-token": Case(lambda i, a: id_token(i, "element"), reason=WRONG_AUDIENCE),
+    "id-token-for-our-audience": Case(
+        lambda i, a: id_token(i, "https://matrix.example.test/"),
+        reason=NOT_AT_JWT,
+    ),
+    "id-token-claims-under-typ-at+jwt": Case(
+        lambda i, a: i.sign(i.access_claims(nonce="n-0S6_WzA2Mj")),
+        reason="Token is an ID token, not an access token",
+    ),
     # -- issuer and audience -----------------------------------------------------------
-    "iss-another-issuer": Case(lambda i, a: claims_with(i, iss="https://evil.example/")),
-    "iss-without-the-trailing-slash": Case(lambda i, a: claims_with(i, iss=i.url.rstrip("/"))),
-    "iss-with-a-second-trailing-slash": Case(lambda i, a: claims_with(i, iss=i.url + "/")),
-    "iss-missing": Case(lambda i, a: claims_with(i, iss=None)),
-    "aud-missing": Case(lambda i, a: claims_with(i, aud=None)),
-    "aud-wrong": Case(lambda i, a: claims_with(i, aud="https://other.example/")),
-    "aud-list-without-ours": Case(lambda i, a: claims_with(i, aud=["a", "b"])),
+    "iss-another-issuer": Case(
+        lambda i, a: claims_with(i, iss="https://evil.example/"),
+        reason=WRONG_ISSUER,
+    ),
+    "iss-without-the-trailing-slash": Case(
+        lambda i, a: claims_with(i, iss=i.url.rstrip("/")),
+        reason=WRONG_ISSUER,
+    ),
+    "iss-with-a-second-trailing-slash": Case(
+        lambda i, a: claims_with(i, iss=i.url + "/"), reason=WRONG_ISSUER
+    ),
+    "iss-missing": Case(lambda i, a: claims_with(i, iss=None), reason="Token has no iss claim"),
+    "aud-missing": Case(lambda i, a: claims_with(i, aud=None), reason="Token has no aud claim"),
+    "aud-wrong": Case(
+        lambda i, a: claims_with(i, aud="https://other.example/"),
+        reason=WRONG_AUDIENCE,
+    ),
+    "aud-list-without-ours": Case(
+        lambda i, a: claims_with(i, aud=["a", "b"]), reason=WRONG_AUDIENCE
+    ),
     # -- time --------------------------------------------------------------------------
-    "exp-past-beyond-leeway": Case(lambda i, a: claims_with(i, exp=NOW - 120), soft_logout=True),
-    "exp-missing": Case(lambda i, a: claims_with(i, exp=None)),
-    "exp-as-a-string": Case(lambda i, a: claims_with(i, exp=str(NOW + 3600))),
-    "exp-as-true": Case(lambda i, a: claims_with(i, exp=True)),
-    "exp-infinity": Case(lambda i, a: claims_with(i, exp=float("inf"))),
-    "nbf-in-the-future": Case(lambda i, a: claims_with(i, nbf=NOW + 3600)),
-    "iat-in-the-future": Case(lambda i, a: claims_with(i, iat=NOW + 3600)),
+    "exp-past-beyond-leeway": Case(
+        lambda i, a: claims_with(i, exp=NOW - 120), soft_logout=True, reason="Token has expired"
+    ),
+    "exp-missing": Case(lambda i, a: claims_with(i, exp=None), reason="Token has no exp claim"),
+    "exp-as-a-string": Case(
+        lambda i, a: claims_with(i, exp=str(NOW + 3600)), reason=EXP_NOT_A_NUMBER
+    ),
+    "exp-as-true": Case(lambda i, a: claims_with(i, exp=True), reason=EXP_NOT_A_NUMBER),
+    "exp-infinity": Case(lambda i, a: claims_with(i, exp=float("inf")), reason=EXP_NOT_A_NUMBER),
+    "nbf-in-the-future": Case(lambda i, a: claims_with(i, nbf=NOW + 3600), reason=NOT_YET_VALID),
+    "iat-in-the-future": Case(lambda i, a: claims_with(i, iat=NOW + 3600), reason=NOT_YET_VALID),
     # -- identity ----------------------------------------------------------------------
-    "no-api-scope": Case(lambda i, a: claims_with(i, scope="openid urn:matrix:client:device:D")),
-    "api-scope-as-a-list-in-scope": Case(lambda i, a: claims_with(i, scope=[API])),
+    "no-api-scope": Case(
+        lambda i, a: claims_with(i, scope="openid urn:matrix:client:device:D"),
+        reason=NO_API_SCOPE,
+    ),
+    "api-scope-as-a-list-in-scope": Case(
+        lambda i, a: claims_with(i, scope=[API]),
+        reason=NO_API_SCOPE,
+    ),
     "two-device-scopes": Case(
         lambda i, a: claims_with(
             i, scope=f"{API} urn:matrix:client:device:ONE urn:matrix:client:device:TWO"
-        )
+        ),
+        reason="Token must not name more than one device in its scope",
     ),
     "device-id-with-characters-outside-the-set": Case(
-        lambda i, a: claims_with(i, scope=f"{API} urn:matrix:client:device:dev%20ice")
+        lambda i, a: claims_with(i, scope=f"{API} urn:matrix:client:device:dev%20ice"),
+        reason=BAD_DEVICE_ID,
     ),
-    "device-id-claim-with-a-quote": Case(lambda i, a: claims_with(i, device_id='dev"ice')),
+    "device-id-claim-with-a-quote": Case(
+        lambda i, a: claims_with(i, device_id='dev"ice'), reason=BAD_DEVICE_ID
+    ),
     "device-id-over-255-characters": Case(
-        lambda i, a: claims_with(i, scope=f"{API} urn:matrix:client:device:{'D' * 256}")
+        lambda i, a: claims_with(i, scope=f"{API} urn:matrix:client:device:{'D' * 256}"),
+        reason=BAD_DEVICE_ID,
     ),
-    "localpart-upper-case": Case(lambda i, a: claims_with(i, username="Alice")),
-    "localpart-with-a-colon": Case(lambda i, a: claims_with(i, username="al:ice")),
-    "localpart-missing": Case(lambda i, a: claims_with(i, username=None)),
+    "localpart-upper-case": Case(
+        lambda i, a: claims_with(i, username="Alice"),
+        reason=BAD_LOCALPART,
+    ),
+    "localpart-with-a-colon": Case(
+        lambda i, a: claims_with(i, username="al:ice"),
+        reason=BAD_LOCALPART,
+    ),
+    "localpart-missing": Case(
+        lambda i, a: claims_with(i, username=None),
+        reason=BAD_LOCALPART,
+    ),
     # -- transport ---------------------------------------------------------------------
-    "token-of-64-KiB": Case(lambda i, a: "eyJ" + "A" * (64 * 1024)),
-    "bearer-with-nothing-after-it": Case(lambda i, a: "", errcode="M_MISSING_TOKEN"),
+    "token-of-64-KiB": Case(lambda i, a: "eyJ" + "A" * (64 * 1024), reason="Invalid access token"),
+    "bearer-with-nothing-after-it": Case(
+        lambda i, a: "", errcode="M_MISSING_TOKEN", reason="Invalid Authorization header"
+    ),
 }
 
 
@@ -287,7 +371,7 @@ async def test_attack_is_401_and_reaches_no_homeserver(
     assert resp.status == 401
     body = await resp.json()
     assert body["errcode"] == case.errcode
-    assert body["error"]
+    assert body["error"] == case.reason
     if case.errcode == "M_UNKNOWN_TOKEN":
         assert body["soft_logout"] is case.soft_logout
     assert homeserver.requests == []
