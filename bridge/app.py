@@ -128,9 +128,11 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
             )
         assert verifier is not None  # the config requires introspection where it is needed
         namespace = cache_namespace(issuer.validation, issuer.issuer)
-        app[AUTHENTICATOR] = CachedAuthenticator(
+        authenticator = app[AUTHENTICATOR] = CachedAuthenticator(
             verifier, config.token_cache, metrics, namespace=namespace
         )
+        if issuer.validation != "introspection":
+            app[SIGNING_KEYS].on_unpublished = lambda kids: _forget_sessions(authenticator, kids)
         async with running(*refreshing):
             yield
 
@@ -290,6 +292,16 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         sweep_forever(),
     ):
         yield
+
+
+def _forget_sessions(authenticator: CachedAuthenticator, kids: set[str | None]) -> None:
+    """The issuer no longer publishes some keys: sessions they verified are validated
+    again (the cache does not know which key verified which session, and the event is
+    rare), so that a retired key stops working at once, not when entries expire."""
+    log.info(
+        "issuer keys %s are no longer published; cached sessions dropped", sorted(map(str, kids))
+    )
+    authenticator.cache.clear()
 
 
 def _drop_cached_sessions(app: web.Application, user_id: str, device_id: str | None) -> None:

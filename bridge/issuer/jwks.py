@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -112,6 +112,9 @@ class SigningKeys:
         self._failure: IssuerUnavailable | None = None
         self._unknown: OrderedDict[str | None, float] = OrderedDict()
         self._flight: SingleFlight[str, None] = SingleFlight()
+        # Told when a fetch finds keys gone that were held: what they verified may
+        # no longer be trusted (a retired or compromised key).
+        self.on_unpublished: Callable[[set[str | None]], None] | None = None
 
     @property
     def kids(self) -> set[str | None]:
@@ -229,9 +232,12 @@ class SigningKeys:
             self._outcomes[outcome].inc()
             self._duration.observe(time.perf_counter() - started)
         self._failure = None
+        gone = set(self._keys) - set(keys)
         self._keys = keys
         self._built = {}
         self.loaded = True
+        if gone and self.on_unpublished is not None:
+            self.on_unpublished(gone)
 
     async def _download(self) -> dict[str | None, list[dict[str, Any]]]:
         url = self._metadata.require().endpoint("jwks_uri")

@@ -28,6 +28,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from bridge.state import SIGNING_KEYS
 from tests.fakes import (
     BridgeClient,
     FakeHomeserver,
@@ -466,4 +467,22 @@ async def test_1000_random_kids_reach_the_issuer_at_most_once_per_cooldown(
         await asyncio.sleep(COOLDOWN * 1.1)
     assert homeserver.requests == []
     # A token of the issuer's own stays good throughout.
+    assert (await bridge.get(WHOAMI, headers=bearer(issuer.sign()))).status == 200
+
+
+async def test_a_session_cached_under_a_key_no_longer_published_is_refused_at_once(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    """A retired (maybe compromised) key stops working when the JWKS refresh finds it
+    gone, not when the cache entries it verified expire."""
+    retired = issuer.sign()
+    assert (await bridge.get(WHOAMI, headers=bearer(retired))).status == 200
+    issuer.rotate("RS256")
+    issuer.keys = [k for k in issuer.keys if k.kid != "rs-1"]
+    await bridge.app[SIGNING_KEYS].fetch()  # as the background refresh does
+    forwarded = len(homeserver.requests)
+    resp = await bridge.get(WHOAMI, headers=bearer(retired))
+    assert resp.status == 401
+    assert (await resp.json())["error"] == UNPUBLISHED_KEY
+    assert len(homeserver.requests) == forwarded
     assert (await bridge.get(WHOAMI, headers=bearer(issuer.sign()))).status == 200
