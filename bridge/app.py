@@ -397,11 +397,12 @@ def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Appl
     """The client-facing application for ``config`` (``metrics``: a fresh set unless
     given)."""
     metrics = metrics if metrics is not None else Metrics()
-    # A header field up to MAX_HEADER_FIELD is read, so that an absurd token gets a
-    # Matrix 401 from the auth middleware rather than a bare 400 from the parser.
+    # A header field and the request line up to MAX_HEADER_FIELD are read, so that an
+    # absurd token (in the header or the query) gets a Matrix 401 from the auth
+    # middleware rather than a bare 400 from the parser.
     app = web.Application(
         middlewares=[front_middleware(metrics, RequestIDs())],
-        handler_args={"max_field_size": MAX_HEADER_FIELD},
+        handler_args={"max_field_size": MAX_HEADER_FIELD, "max_line_size": MAX_HEADER_FIELD},
     )
     app[CONFIG] = config
     app[METRICS] = metrics
