@@ -1,4 +1,4 @@
-"""``make demo`` keeps working: the demo's login and whoami succeed end to end."""
+"""``make demo`` keeps working: the demo's two logins and whoamis succeed end to end."""
 
 from __future__ import annotations
 
@@ -21,3 +21,5 @@ def test_demo_logs_in_through_the_bridge() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"user_id": "@demo:bridge.test"' in done.stdout
     assert '"device_id": "DEMODEVICE"' in done.stdout
+    # The classic client's login, through the bridge's login layer.
+    assert '"user_id": "@classic:bridge.test"' in done.stdout

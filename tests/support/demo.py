@@ -1,9 +1,12 @@
-"""``make demo``: a real Synapse, a real OIDC issuer and the bridge, and one OAuth login.
+"""``make demo``: a real Synapse, a real OIDC issuer and the bridge, and two logins.
 
 Everything listens on 127.0.0.1. The demo user logs in at the issuer with an
 authorization-code + PKCE flow (as Element X would), then calls ``whoami``
-through the bridge. With ``--once`` it stops there; otherwise it keeps the
-stack running for a Matrix client until Ctrl-C.
+through the bridge. Then a classic client's login, through the bridge's login
+layer: SSO through the issuer, the bridge's confirmation page, ``m.login.token``
+(as classic Element Web would), and ``whoami`` with the token it got. With
+``--once`` it stops there; otherwise it keeps the stack running for a Matrix
+client until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from tests.support.issuer import obtain_token, start_issuer
+from tests.support.issuer import TestIssuer, obtain_token, start_issuer
 from tests.support.net import free_port, wait_http
+from tests.support.sso import HttpBrowser, login_section, register_login_client
 from tests.support.stack import (
     SERVER_NAME,
     new_appservice,
@@ -36,17 +40,50 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = ROOT / ".demo"
 
 
+V3 = "_matrix/client/v3"
+# Where the classic client's SSO login lands (the demo reads the loginToken off the
+# redirect and never follows it).
+CLIENT_URL = "http://127.0.0.1:9/client"
+
+
+async def whoami(http: aiohttp.ClientSession, bridge_url: str, token: str) -> dict[str, object]:
+    async with http.get(
+        f"{bridge_url}{V3}/account/whoami", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        body: dict[str, object] = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"whoami through the bridge failed: {resp.status} {body}")
+        return body
+
+
 async def login_and_whoami(issuer_url: str, bridge_url: str) -> dict[str, object]:
+    """An OAuth-native client's login, at the issuer."""
     async with aiohttp.ClientSession() as http:
         tokens = await obtain_token(http, issuer_url, username="demo", device_id="DEMODEVICE")
-        async with http.get(
-            bridge_url + "_matrix/client/v3/account/whoami",
-            headers={"Authorization": f"Bearer {tokens.access_token}"},
-        ) as resp:
-            body: dict[str, object] = await resp.json()
+        return await whoami(http, bridge_url, tokens.access_token)
+
+
+async def legacy_login_and_whoami(bridge_url: str) -> dict[str, object]:
+    """A classic client's login, through the bridge: SSO, then ``m.login.token``."""
+    browser = HttpBrowser()
+    try:
+        login_token, _ = await browser.sso_login(bridge_url, "classic", CLIENT_URL)
+    finally:
+        await browser.close()
+    async with aiohttp.ClientSession() as http:
+        login = {"type": "m.login.token", "token": login_token}
+        async with http.post(f"{bridge_url}{V3}/login", json=login) as resp:
+            answer = await resp.json()
             if resp.status != 200:
-                raise RuntimeError(f"whoami through the bridge failed: {resp.status} {body}")
-            return body
+                raise RuntimeError(f"m.login.token through the bridge failed: {answer}")
+        return await whoami(http, bridge_url, str(answer["access_token"]))
+
+
+async def register_bridge_at(issuer: TestIssuer, bridge_url: str) -> dict[str, object]:
+    """The bridge's own client at the issuer (for its login layer): its login section."""
+    async with aiohttp.ClientSession() as http:
+        client = await register_login_client(http, issuer, bridge_url)
+    return login_section(client)
 
 
 def main() -> int:
@@ -78,6 +115,7 @@ def main() -> int:
         strategy="device_login",
         store_path=DEMO_DIR / "bridge.db",
     )
+    document["login"] = asyncio.run(register_bridge_at(issuer, bridge_url))
     config_path = DEMO_DIR / "bridge.yaml"
     config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     print("starting the bridge ...", flush=True)
@@ -88,9 +126,12 @@ def main() -> int:
     )
     try:
         wait_http(bridge_url + ".well-known/matrix/client", is_alive=lambda: bridge.poll() is None)
-        whoami = asyncio.run(login_and_whoami(issuer.url, bridge_url))
+        native = asyncio.run(login_and_whoami(issuer.url, bridge_url))
         print("\nlogged in as 'demo' through the issuer; whoami through the bridge says:")
-        print("  " + json.dumps(whoami))
+        print("  " + json.dumps(native))
+        classic = asyncio.run(legacy_login_and_whoami(bridge_url))
+        print("\nlogged in as 'classic' by SSO and m.login.token at the bridge; whoami says:")
+        print("  " + json.dumps(classic))
         print(f"\nhomeserver URL for a Matrix client: {bridge_url}")
         print(f"issuer (any username, any password): {issuer.url}")
         print(f"logs and config: {DEMO_DIR}")
