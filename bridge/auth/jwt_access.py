@@ -4,10 +4,9 @@ The signature and the registered claims are PyJWT's work (``jwt.PyJWT``,
 algorithms pinned to the one the key was built for); this module decides
 which key, which algorithms, and what else a token must be:
 
-- ``alg`` in ``issuer.jwt.algorithms`` (never ``none`` nor HMAC), the key
-  chosen by ``kid`` from the JWKS alone (:class:`SigningKeys`) and of the type
-  the algorithm needs. ``jku``, ``x5u``, ``x5c`` and ``jwk`` are never read;
-  a token with ``crit`` is refused (RFC 7515 §4.1.11: nothing is understood).
+- the header as :mod:`bridge.auth.jws` says, with ``alg`` in
+  ``issuer.jwt.algorithms`` (never ``none`` nor HMAC); the key of the type the
+  algorithm needs. ``jku``, ``x5u``, ``x5c`` and ``jwk`` are never read.
 - ``typ`` ``at+jwt`` or ``application/at+jwt`` (RFC 9068 §2.1, §4), unless
   ``issuer.jwt.require_typ`` is false; an ID token is refused either way.
 - ``iss`` exactly the configured issuer; ``aud`` naming one of
@@ -28,6 +27,7 @@ from typing import Any
 
 import jwt
 
+from bridge.auth.jws import HeaderRules, JwtRefused
 from bridge.auth.verifier import ClaimRules, Verdict
 from bridge.config import BridgeConfig
 from bridge.issuer.jwks import SigningKeys
@@ -81,7 +81,12 @@ class JwtVerifier:
         self._metadata = metadata
         self.rules = rules
         issuer = config.issuer
-        self._algorithms = frozenset(issuer.jwt.algorithms)
+        self._header_rules = HeaderRules(
+            frozenset(issuer.jwt.algorithms),
+            bad_alg="Token is signed with an algorithm this homeserver does not accept",
+            crit="Token has critical header parameters this homeserver does not know",
+            bad_kid="Token names its key wrongly",
+        )
         self._require_typ = issuer.jwt.require_typ
         self._issuer = issuer.issuer
         self.audiences = list(issuer.audiences) or [config.public_baseurl]
@@ -107,14 +112,10 @@ class JwtVerifier:
         header = self._header(token)
         if header is None:
             return refuse("Token is not a JWT")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._algorithms:
-            return refuse("Token is signed with an algorithm this homeserver does not accept")
-        if "crit" in header:
-            return refuse("Token has critical header parameters this homeserver does not know")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            return refuse("Token names its key wrongly")
+        try:
+            alg, kid = self._header_rules.check(header)
+        except JwtRefused as e:
+            return refuse(str(e))
         key = self._keys.held(kid, alg)
         if key is None:
             key = await self._keys.key(kid, alg)
