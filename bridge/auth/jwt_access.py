@@ -79,6 +79,7 @@ class JwtVerifier:
     ) -> None:
         self._keys = keys
         self._metadata = metadata
+        # Its issuer, audiences and leeway are the token's; replaced by a reload.
         self.rules = rules
         issuer = config.issuer
         self._header_rules = HeaderRules(
@@ -88,9 +89,8 @@ class JwtVerifier:
             bad_kid="Token names its key wrongly",
         )
         self._require_typ = issuer.jwt.require_typ
-        self._issuer = issuer.issuer
-        self.audiences = list(issuer.audiences) or [config.public_baseurl]
-        self._leeway = issuer.leeway
+        # A JWT's aud is always checked: against public_baseurl without audiences.
+        self._default_audience = config.public_baseurl
         self._decoder = jwt.PyJWT()
         self._headers: dict[str, dict[str, Any] | None] = {}
 
@@ -127,9 +127,9 @@ class JwtVerifier:
                 key,
                 algorithms=[alg],
                 options=_DECODE_OPTIONS,
-                audience=self.audiences,
-                issuer=self._issuer,
-                leeway=self._leeway,
+                audience=self.rules.audiences or self._default_audience,
+                issuer=self.rules.issuer,
+                leeway=self.rules.leeway,
             )
         except jwt.ImmatureSignatureError:
             return refuse("Token is not valid yet", "not_yet_valid")
@@ -160,6 +160,6 @@ class JwtVerifier:
             ):
                 return refuse(f"Token's {claim} claim is not a number")
         exp = float(claims["exp"])
-        if exp <= time.time() - self._leeway:
+        if exp <= time.time() - self.rules.leeway:
             return Verdict(None, "Token has expired", soft_logout=True, outcome="expired")
         return self.rules.identify(claims, exp)
