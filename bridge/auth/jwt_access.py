@@ -4,10 +4,9 @@ The signature and the registered claims are PyJWT's work (``jwt.PyJWT``,
 algorithms pinned to the one the key was built for); this module decides
 which key, which algorithms, and what else a token must be:
 
-- ``alg`` in ``issuer.jwt.algorithms`` (never ``none`` nor HMAC), the key
-  chosen by ``kid`` from the JWKS alone (:class:`SigningKeys`) and of the type
-  the algorithm needs. ``jku``, ``x5u``, ``x5c`` and ``jwk`` are never read;
-  a token with ``crit`` is refused (RFC 7515 §4.1.11: nothing is understood).
+- the header as :mod:`bridge.auth.jws` says, with ``alg`` in
+  ``issuer.jwt.algorithms`` (never ``none`` nor HMAC); the key of the type the
+  algorithm needs. ``jku``, ``x5u``, ``x5c`` and ``jwk`` are never read.
 - ``typ`` ``at+jwt`` or ``application/at+jwt`` (RFC 9068 §2.1, §4), unless
   ``issuer.jwt.require_typ`` is false; an ID token is refused either way.
 - ``iss`` exactly the configured issuer; ``aud`` naming one of
@@ -28,6 +27,7 @@ from typing import Any
 
 import jwt
 
+from bridge.auth.jws import HeaderRules, JwtRefused
 from bridge.auth.verifier import ClaimRules, Verdict
 from bridge.config import BridgeConfig
 from bridge.issuer.jwks import SigningKeys
@@ -79,13 +79,18 @@ class JwtVerifier:
     ) -> None:
         self._keys = keys
         self._metadata = metadata
+        # Its issuer, audiences and leeway are the token's; replaced by a reload.
         self.rules = rules
         issuer = config.issuer
-        self._algorithms = frozenset(issuer.jwt.algorithms)
+        self._header_rules = HeaderRules(
+            frozenset(issuer.jwt.algorithms),
+            bad_alg="Token is signed with an algorithm this homeserver does not accept",
+            crit="Token has critical header parameters this homeserver does not know",
+            bad_kid="Token names its key wrongly",
+        )
         self._require_typ = issuer.jwt.require_typ
-        self._issuer = issuer.issuer
-        self.audiences = list(issuer.audiences) or [config.public_baseurl]
-        self._leeway = issuer.leeway
+        # A JWT's aud is always checked: against public_baseurl without audiences.
+        self._default_audience = config.public_baseurl
         self._decoder = jwt.PyJWT()
         self._headers: dict[str, dict[str, Any] | None] = {}
 
@@ -107,14 +112,10 @@ class JwtVerifier:
         header = self._header(token)
         if header is None:
             return refuse("Token is not a JWT")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._algorithms:
-            return refuse("Token is signed with an algorithm this homeserver does not accept")
-        if "crit" in header:
-            return refuse("Token has critical header parameters this homeserver does not know")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            return refuse("Token names its key wrongly")
+        try:
+            alg, kid = self._header_rules.check(header)
+        except JwtRefused as e:
+            return refuse(str(e))
         key = self._keys.held(kid, alg)
         if key is None:
             key = await self._keys.key(kid, alg)
@@ -126,9 +127,9 @@ class JwtVerifier:
                 key,
                 algorithms=[alg],
                 options=_DECODE_OPTIONS,
-                audience=self.audiences,
-                issuer=self._issuer,
-                leeway=self._leeway,
+                audience=self.rules.audiences or self._default_audience,
+                issuer=self.rules.issuer,
+                leeway=self.rules.leeway,
             )
         except jwt.ImmatureSignatureError:
             return refuse("Token is not valid yet", "not_yet_valid")
@@ -159,6 +160,6 @@ class JwtVerifier:
             ):
                 return refuse(f"Token's {claim} claim is not a number")
         exp = float(claims["exp"])
-        if exp <= time.time() - self._leeway:
+        if exp <= time.time() - self.rules.leeway:
             return Verdict(None, "Token has expired", soft_logout=True, outcome="expired")
         return self.rules.identify(claims, exp)

@@ -14,19 +14,21 @@
   event; ``sub`` or ``sid``; no ``nonce``; ``typ``, when present,
   ``logout+jwt``. The single use of ``jti`` is the caller's (the store).
 
-Every refusal is a :class:`JwtRefused` with a reason fit for a log line
-(never the token).
+Both headers as :mod:`bridge.auth.jws` says, once PyJWT has read them. Every
+refusal is a :class:`JwtRefused` with a reason fit for a log line (never the token).
 """
 
 from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
+
+from bridge.auth.jws import HeaderRules
+from bridge.auth.jws import JwtRefused as JwtRefused  # the login layer's refusals
 
 # A logout token issued longer ago than this is refused, so that its jti need
 # only be remembered this long.
@@ -41,10 +43,6 @@ class SigningKeySource(Protocol):
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | str:
         """The key for ``kid`` and ``alg``, or why there is none."""
         ...
-
-
-class JwtRefused(Exception):
-    """A JWT that must not be believed; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -76,29 +74,28 @@ class JwtChecks:
     ) -> None:
         self._issuer = issuer
         self._client_id = client_id
-        self._algorithms = frozenset(algorithms)
+        self._header_rules = HeaderRules(
+            frozenset(algorithms),
+            bad_alg="algorithm {alg!r} is not accepted",
+            crit="critical header parameters are not understood",
+            bad_kid="not a JWT",  # as PyJWT says it first
+        )
         self.keys = keys
         self._leeway = leeway  # seconds of clock skew allowed (issuer.leeway)
 
-    def _header(self, token: str) -> dict[str, Any]:
+    def _header(self, token: str) -> tuple[dict[str, Any], str, str | None]:
+        """The header, its ``alg`` and its ``kid``."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
             raise JwtRefused("not a JWT") from e
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._algorithms:
-            raise JwtRefused(f"algorithm {alg!r} is not accepted")
-        if "crit" in header:
-            raise JwtRefused("critical header parameters are not understood")
-        return header
+        return header, *self._header_rules.check(header)
 
     async def _decode(
-        self, token: str, header: Mapping[str, Any], *, required: list[str]
+        self, token: str, alg: str, kid: str | None, *, required: list[str]
     ) -> dict[str, Any]:
         """The claims of a token signed with the issuer's key for its ``kid``."""
-        alg = str(header["alg"])
-        kid = header.get("kid")
-        key = await self.keys.key(kid if isinstance(kid, str) else None, alg)
+        key = await self.keys.key(kid, alg)
         if isinstance(key, str):
             raise JwtRefused(key)
         try:
@@ -121,8 +118,8 @@ class JwtChecks:
     async def id_token(self, token: str, *, nonce: str | None) -> IdTokenClaims:
         """The checked claims of an ID token from the token endpoint. ``nonce`` None: the
         grant had none (password grant), and the token must not carry one either."""
-        header = self._header(token)
-        claims = await self._decode(token, header, required=["iss", "aud", "exp", "iat", "sub"])
+        _, alg, kid = self._header(token)
+        claims = await self._decode(token, alg, kid, required=["iss", "aud", "exp", "iat", "sub"])
         got = claims.get("nonce")
         if nonce is None:
             if got is not None:
@@ -137,11 +134,11 @@ class JwtChecks:
 
     async def logout_token(self, token: str) -> LogoutClaims:
         """The checked claims of a logout token (Back-Channel Logout §2.6)."""
-        header = self._header(token)
+        header, alg, kid = self._header(token)
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _LOGOUT_TYPES):
             raise JwtRefused(f"typ {typ!r} is not a logout token's")
-        claims = await self._decode(token, header, required=["iss", "aud", "iat", "jti"])
+        claims = await self._decode(token, alg, kid, required=["iss", "aud", "iat", "jti"])
         if "nonce" in claims:
             raise JwtRefused("a logout token must not carry a nonce")
         events = claims.get("events")
