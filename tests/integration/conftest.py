@@ -9,10 +9,11 @@ other's state on the shared homeservers. ``stack`` runs a test once per
 from __future__ import annotations
 
 import secrets
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -23,7 +24,8 @@ from bridge.app import create_app
 from bridge.config import AppserviceConfig, Strategy
 from tests.support.dendrite import DendriteServer, start_dendrite
 from tests.support.issuer import TestIssuer, obtain_token, start_issuer
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_http
+from tests.support.serve import Bridge
 from tests.support.stack import (
     SERVER_NAME,
     bridge_config,
@@ -174,6 +176,25 @@ def make_bridge(
 @pytest.fixture
 async def bridge(make_bridge: MakeBridge) -> BridgeClient:
     return await make_bridge()
+
+
+Serve = Callable[..., Bridge]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> Serve:
+    """``python -m bridge serve`` of a config document in its own process, returned once
+    it answers (blocking: call it through ``asyncio.to_thread`` from a test)."""
+
+    def start(document: dict[str, Any], env: dict[str, str] | None = None) -> Bridge:
+        bridge = Bridge(tmp_path, document, processes)
+        process = bridge.start(env)
+        wait_http(
+            bridge.base + "/.well-known/matrix/client", is_alive=lambda: process.poll() is None
+        )
+        return bridge
+
+    return start
 
 
 @pytest.fixture
