@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from pathlib import Path
 
 from aiohttp import web
-from harness import DEVICE_ID, HOST, USER_ID, USERNAME
+from harness import HOST, USER_ID
+from issuer import active, discovery
 
 COUNTERS = web.AppKey("counters", dict[str, int])
 
@@ -29,17 +29,8 @@ COUNTERS = web.AppKey("counters", dict[str, int])
 def issuer_app(url: str, jwks: Path, delay: float) -> web.Application:
     counters = {"introspection": 0, "jwks": 0, "introspection_max_inflight": 0, "inflight": 0}
 
-    async def discovery(_request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "issuer": url,
-                "authorization_endpoint": url + "oauth2/authorize",
-                "token_endpoint": url + "oauth2/token",
-                "introspection_endpoint": url + "oauth2/introspect",
-                "jwks_uri": url + "oauth2/keys",
-                "response_types_supported": ["code"],
-            }
-        )
+    async def discover(_request: web.Request) -> web.Response:
+        return web.json_response({**discovery(url), "jwks_uri": url + "oauth2/keys"})
 
     async def introspect(request: web.Request) -> web.Response:
         counters["introspection"] += 1
@@ -54,15 +45,7 @@ def issuer_app(url: str, jwks: Path, delay: float) -> web.Application:
             counters["inflight"] -= 1
         if not isinstance(token, str) or not token.startswith("bench-"):
             return web.json_response({"active": False})
-        return web.json_response(
-            {
-                "active": True,
-                "scope": f"urn:matrix:client:api:* urn:matrix:client:device:{DEVICE_ID}",
-                "username": USERNAME,
-                "token_type": "Bearer",
-                "exp": int(time.time()) + 3600,
-            }
-        )
+        return web.json_response(active())
 
     async def keys(_request: web.Request) -> web.Response:
         counters["jwks"] += 1
@@ -79,7 +62,7 @@ def issuer_app(url: str, jwks: Path, delay: float) -> web.Application:
         return web.Response(status=204)
 
     app = web.Application()
-    app.router.add_get("/.well-known/openid-configuration", discovery)
+    app.router.add_get("/.well-known/openid-configuration", discover)
     app.router.add_post("/oauth2/introspect", introspect)
     app.router.add_get("/oauth2/keys", keys)
     app.router.add_get("/_bench/counters", show)

@@ -1,9 +1,10 @@
-"""Fixtures shared by every test: the fault-injecting fake homeserver, and a real
-PostgreSQL server for the tests that need one."""
+"""Fixtures shared by every test: the fault-injecting fake homeserver, a real
+PostgreSQL server for the tests that need one, and the kill of ``serve`` processes."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pytest_aiohttp import AiohttpServer
 
 from tests.fakes import FakeHomeserver
 from tests.support.postgres import PostgresServer, start_postgres
+from tests.support.serve import kill
 
 
 @pytest.fixture
@@ -32,3 +34,12 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every ``serve`` process a test starts; killed (with its workers) if still running."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        kill(process)

@@ -61,6 +61,10 @@ def free_port() -> int:
         return port
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def active_claims(
     username: str = "alice", device_id: str = "DEVA", **extra: object
 ) -> dict[str, object]:

@@ -13,15 +13,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
@@ -35,18 +33,10 @@ from tests.fakes import (
     bridge_document,
     free_port,
 )
+from tests.support.serve import Bridge, accepts, until
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "oauth-token-for-alice"
 WHOAMI = "/_matrix/client/v3/account/whoami"
-
-
-async def until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {within}s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -56,59 +46,13 @@ async def issuer(aiohttp_server: AiohttpServer) -> FakeIssuer:
     return issuer
 
 
-class Bridge:
-    """One ``serve`` process with its config file and log."""
-
-    def __init__(self, tmp_path: Path, document: dict[str, Any]) -> None:
-        self.port = document["listen"]["port"]
-        self.ops_port = document["ops"]["port"]
-        self.config = tmp_path / f"bridge-{self.port}.yaml"
-        self.log_path = self.config.with_suffix(".log")
-        self.document = document
-        self.write(document)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def write(self, document: dict[str, Any]) -> None:
-        self.config.write_text(yaml.safe_dump(document), encoding="utf-8")
-
-    def start(self, env: dict[str, str] | None = None) -> None:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "serve", "-c", str(self.config)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})},
-            )
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8")
-
-    def accepts(self, port: int | None = None) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"serve exited early:\n{self.log()}")
-        try:
-            socket.create_connection(("127.0.0.1", port or self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    async def wait(self) -> int:
-        assert self.process is not None
-        return await asyncio.to_thread(self.process.wait, 30)
-
-
 @pytest.fixture
 def make_bridge(
-    tmp_path: Path, issuer: FakeIssuer, homeserver: FakeHomeserver
-) -> Iterator[Callable[..., Bridge]]:
-    started: list[Bridge] = []
-
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    processes: list[subprocess.Popen[bytes]],
+) -> Callable[..., Bridge]:
     def make(*overrides: dict[str, Any]) -> Bridge:
         document = bridge_document(
             issuer.url,
@@ -119,18 +63,9 @@ def make_bridge(
             },
             *overrides,
         )
-        bridge = Bridge(tmp_path, document)
-        started.append(bridge)
-        return bridge
+        return Bridge(tmp_path, document, processes)
 
-    yield make
-    for bridge in started:
-        process = bridge.process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.kill()
-            process.wait(timeout=30)
+    return make
 
 
 async def whoami(base: str, session: aiohttp.ClientSession) -> int:
@@ -174,7 +109,7 @@ async def test_notify_socket_ready_watchdog_stopping(
         [(_, ready, accepting)] = [m for m in messages if "READY=1" in m[1]]
         # Sent once the listeners accept connections: the public one and the ops one.
         assert accepting
-        assert bridge.accepts(bridge.ops_port)
+        assert bridge.accepts(bridge.document["ops"]["port"])
         assert "STATUS=serving" in ready.split("\n")
 
         # The watchdog: every half WATCHDOG_USEC (0.1 s) while the loop runs.
@@ -288,7 +223,7 @@ async def test_sigterm_lets_a_slow_answer_finish_within_the_grace_period(
         stopped_at = time.monotonic()
         assert bridge.process is not None
         bridge.process.send_signal(signal.SIGTERM)
-        await until(lambda: not _accepts(bridge.port), "the port closed", within=5)
+        await until(lambda: not accepts(bridge.port), "the port closed", within=5)
         code = await bridge.wait()
         took = time.monotonic() - stopped_at
         if upstream < grace:
@@ -300,14 +235,6 @@ async def test_sigterm_lets_a_slow_answer_finish_within_the_grace_period(
             assert took < grace + 4  # not the upstream's 30 s
     assert code == 0
     assert "stopping: no new connections" in bridge.log()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 # -- two workers -----------------------------------------------------------------------------
@@ -332,7 +259,7 @@ async def test_metrics_of_two_workers_are_served_together(
         assert len(served_by) == 2  # both workers answered some
 
         async def scrape() -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
-            async with session.get(f"http://127.0.0.1:{bridge.ops_port}/metrics") as resp:
+            async with session.get(bridge.ops + "/metrics") as resp:
                 assert resp.status == 200
                 text = await resp.text()
             return text, {
@@ -365,7 +292,7 @@ async def test_metrics_of_two_workers_are_served_together(
                 assert PREFIX + family in names
             assert not any("pid" in dict(labels) for _, labels in samples)
 
-        async with session.get(f"http://127.0.0.1:{bridge.ops_port}/ready") as resp:
+        async with session.get(bridge.ops + "/ready") as resp:
             assert resp.status == 200
             assert (await resp.json())["ready"] is True
     assert bridge.process is not None

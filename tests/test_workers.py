@@ -8,7 +8,6 @@ from the access log: with several workers, every log line names its process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -16,14 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from cryptography.fernet import Fernet
 from pytest_aiohttp import AiohttpServer
@@ -39,30 +36,16 @@ from tests.fakes import (
     bridge_document,
     free_port,
 )
+from tests.support.serve import Bridge, children, until
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "oauth-token-for-alice"
 WHOAMI = "/_matrix/client/v3/account/whoami"
+INFO = {"BRIDGE_LOG_LEVEL": "INFO"}
 
 
 def _document(issuer_url: str, homeserver_url: str, port: int, workers: int) -> dict[str, Any]:
     listen = {"host": "127.0.0.1", "port": port, "workers": workers}
     return bridge_document(issuer_url, homeserver_url, {"listen": listen})
-
-
-def _children(pid: int) -> set[int]:
-    """The live (not zombie) child processes of ``pid``, from /proc/*/stat."""
-    found: set[int] = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        state, ppid = text[text.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.add(int(stat.parent.name))
-    return found
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -73,31 +56,11 @@ def _exists(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-async def _until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {within}s")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class Served:
-    """A ``serve`` process, its stdout and stderr in ``log_path``."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8")
+class Served(Bridge):
+    """A ``serve`` process, its workers named in its log."""
 
     def children(self) -> set[int]:
-        return _children(self.process.pid)
+        return children(self.process.pid)
 
     def ready(self) -> list[int]:
         """The workers that said they were ready, in order (pids)."""
@@ -107,20 +70,6 @@ class Served:
         """The process of each request for ``path`` answered 200, from the access log."""
         pattern = rf"\[(\d+)\] bridge\.access \S+ GET {re.escape(path)} 200 "
         return [int(pid) for pid in re.findall(pattern, self.log())]
-
-    async def wait(self) -> int:
-        return await asyncio.to_thread(self.process.wait, 30)
-
-
-def _run(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "-c", str(config)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={"PATH": "/usr/bin:/bin", "BRIDGE_LOG_LEVEL": "INFO"},
-        )
 
 
 Start = Callable[..., Awaitable[Served]]
@@ -134,21 +83,6 @@ async def issuer(aiohttp_server: AiohttpServer) -> FakeIssuer:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Every ``serve`` process a test starts; killed (with its workers) if still running."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            workers = _children(process.pid)
-            process.kill()
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
-@pytest.fixture
 def start(
     tmp_path: Path,
     issuer: FakeIssuer,
@@ -158,25 +92,18 @@ def start(
     """Start ``serve`` with ``workers`` and wait until every worker is ready."""
 
     async def start(workers: int) -> Served:
-        port = free_port()
-        config = tmp_path / f"bridge-{port}.yaml"
-        config.write_text(yaml.safe_dump(_document(issuer.url, homeserver.url, port, workers)))
-        log_path = config.with_suffix(".log")
-        served = Served(_run(config, log_path), port, log_path)
-        processes.append(served.process)
+        document = _document(issuer.url, homeserver.url, free_port(), workers)
+        served = Served(tmp_path, document, processes)
+        served.start(INFO)
 
         def up() -> bool:
             if served.process.poll() is not None:
                 raise AssertionError(f"serve exited early:\n{served.log()}")
             if workers > 1:
                 return len(served.ready()) == workers
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                return False
-            return True
+            return served.accepts()
 
-        await _until(up, "ready")
+        await until(up, "ready")
         return served
 
     return start
@@ -203,7 +130,7 @@ async def test_two_workers_serve_the_port(start: Start, issuer: FakeIssuer) -> N
 
     await _whoami(served, 40)
     # Both workers answered (the chance that 40 connections all go to one is 2**-39).
-    await _until(lambda: len(served.served()) == 40, "40 requests in the access log")
+    await until(lambda: len(served.served()) == 40, "40 requests in the access log")
     assert set(served.served()) == workers
     # Each worker has a token cache of its own: each asked the issuer once.
     assert len(issuer.introspections) == 2
@@ -214,7 +141,7 @@ async def test_a_killed_worker_is_replaced(start: Start) -> None:
     killed, kept = sorted(served.children())
     os.kill(killed, signal.SIGKILL)
 
-    await _until(lambda: len(served.ready()) == 3, "a new worker ready")
+    await until(lambda: len(served.ready()) == 3, "a new worker ready")
     new = served.ready()[-1]
     assert new not in (killed, kept)
     assert served.children() == {kept, new}
@@ -222,7 +149,7 @@ async def test_a_killed_worker_is_replaced(start: Start) -> None:
     assert served.process.poll() is None
 
     await _whoami(served, 30)
-    await _until(lambda: len(served.served()) == 30, "30 requests in the access log")
+    await until(lambda: len(served.served()) == 30, "30 requests in the access log")
     assert set(served.served()) == {kept, new}
 
 
@@ -257,8 +184,8 @@ async def test_sigterm_drains_requests_in_flight(start: Start, homeserver: FakeH
         await asyncio.wait_for(arrived.wait(), 10)
         served.process.send_signal(signal.SIGTERM)
         # Draining: no new connections; the idle worker is gone, the busy one waits.
-        await _until(refused, "the port closed")
-        await _until(lambda: len(served.children()) == 1, "the idle worker gone")
+        await until(refused, "the port closed")
+        await until(lambda: len(served.children()) == 1, "the idle worker gone")
         await asyncio.sleep(0.5)
         assert served.process.poll() is None
         assert not request.done()
@@ -325,19 +252,16 @@ async def test_a_config_error_in_a_worker_stops_all_with_11(
     document = _document("http://127.0.0.1:9/", "http://127.0.0.1:9", free_port(), 2)
     document["homeserver"]["strategy"] = "device_login"
     document["store"] = {"path": str(db), "encryption_keys": [Fernet.generate_key().decode()]}
-    config = tmp_path / "bridge.yaml"
-    config.write_text(yaml.safe_dump(document))
-    store = await open_store(load_config(config).store)  # type: ignore[arg-type]
+    bridge = Bridge(tmp_path, document, processes)
+    store = await open_store(load_config(bridge.config).store)  # type: ignore[arg-type]
     await store.save_device_token("@alice:example.org", "DEVA", "syt_secret")
     await store.close()
     document["store"]["encryption_keys"] = [Fernet.generate_key().decode()]
-    config.write_text(yaml.safe_dump(document))
+    bridge.write(document)
 
-    log_path = tmp_path / "bridge.log"
-    process = _run(config, log_path)
-    processes.append(process)
-    assert await asyncio.to_thread(process.wait, 30) == 11
-    logged = log_path.read_text(encoding="utf-8")
+    bridge.start(INFO)
+    assert await bridge.wait() == 11
+    logged = bridge.log()
     assert "store.encryption_keys" in logged
     assert "exited with code 11: a configuration error; stopping every worker" in logged
     assert "syt_secret" not in logged
@@ -349,15 +273,11 @@ async def test_workers_that_cannot_start_stop_all_with_1(
     """The port is held by another program (without SO_REUSEPORT)."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        config = tmp_path / "bridge.yaml"
-        config.write_text(
-            yaml.safe_dump(_document("http://127.0.0.1:9/", "http://127.0.0.1:9", port, 2))
-        )
-        log_path = tmp_path / "bridge.log"
-        process = _run(config, log_path)
-        processes.append(process)
-        assert await asyncio.to_thread(process.wait, 30) == 1
-    logged = log_path.read_text(encoding="utf-8")
+        document = _document("http://127.0.0.1:9/", "http://127.0.0.1:9", port, 2)
+        bridge = Bridge(tmp_path, document, processes)
+        bridge.start(INFO)
+        assert await bridge.wait() == 1
+    logged = bridge.log()
     assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in logged
     assert "3 failed starts in a row; stopping every worker" in logged
 
@@ -365,13 +285,11 @@ async def test_workers_that_cannot_start_stop_all_with_1(
 async def test_workers_need_a_fixed_port(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    config = tmp_path / "bridge.yaml"
-    config.write_text(yaml.safe_dump(_document("http://127.0.0.1:9/", "http://127.0.0.1:9", 0, 2)))
-    log_path = tmp_path / "bridge.log"
-    process = _run(config, log_path)
-    processes.append(process)
-    assert await asyncio.to_thread(process.wait, 30) == 11
-    assert "listen.port" in log_path.read_text(encoding="utf-8")
+    document = _document("http://127.0.0.1:9/", "http://127.0.0.1:9", 0, 2)
+    bridge = Bridge(tmp_path, document, processes)
+    bridge.start(INFO)
+    assert await bridge.wait() == 11
+    assert "listen.port" in bridge.log()
 
 
 def test_a_worker_that_never_gets_ready_is_killed_as_a_failed_start(

@@ -34,6 +34,7 @@ from tests.fakes import (
     FakeHomeserver,
     FakeIssuer,
     SigningKey,
+    bearer,
     bridge_config,
     start_bridge,
 )
@@ -83,10 +84,6 @@ async def bridge(
     bridge = await start_bridge(aiohttp_client, config)
     assert issuer.jwks_requests == 1  # fetched at start
     return bridge
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # ---------------------------------------------------------------------------------------

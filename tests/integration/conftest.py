@@ -9,13 +9,16 @@ other's state on the shared homeservers. ``stack`` runs a test once per
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -23,7 +26,8 @@ from bridge.app import create_app
 from bridge.config import AppserviceConfig, Strategy
 from tests.support.dendrite import DendriteServer, start_dendrite
 from tests.support.issuer import TestIssuer, obtain_token, start_issuer
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_http
+from tests.support.serve import ROOT, Bridge
 from tests.support.stack import (
     SERVER_NAME,
     bridge_config,
@@ -174,6 +178,78 @@ def make_bridge(
 @pytest.fixture
 async def bridge(make_bridge: MakeBridge) -> BridgeClient:
     return await make_bridge()
+
+
+Serve = Callable[..., Bridge]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> Serve:
+    """``python -m bridge serve`` of a config document in its own process, returned once
+    it answers (blocking: call it through ``asyncio.to_thread`` from a test)."""
+
+    def start(document: dict[str, Any], env: dict[str, str] | None = None) -> Bridge:
+        bridge = Bridge(tmp_path, document, processes)
+        process = bridge.start(env)
+        wait_http(
+            bridge.base + "/.well-known/matrix/client", is_alive=lambda: process.poll() is None
+        )
+        return bridge
+
+    return start
+
+
+@dataclass
+class Served:
+    """A bridge process listening on ``base``."""
+
+    base: str
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def wait_ready(self) -> None:
+        try:
+            wait_http(
+                self.base + "/.well-known/matrix/client",
+                timeout=30,
+                is_alive=lambda: self.process.poll() is None,
+            )
+        except Exception as exc:
+            log = self.log_path.read_text(encoding="utf-8", errors="replace")
+            raise RuntimeError(f"bridge at {self.base} did not start: {exc}\n{log}") from exc
+
+
+class StartServe(Protocol):
+    def __call__(
+        self, name: str, document: dict[str, object], port: int, *, code: str | None = ...
+    ) -> Served: ...
+
+
+@pytest.fixture
+def start_serve(tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> StartServe:
+    """Start ``serve`` processes named ``name`` (not waiting for them): ``python -m
+    bridge``, or ``python -c code`` (a patched bridge); all are killed at the end."""
+
+    def start(
+        name: str, document: dict[str, object], port: int, *, code: str | None = None
+    ) -> Served:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(document), encoding="utf-8")
+        log_path = tmp_path / f"{name}.log"
+        head = ["-c", code] if code is not None else ["-m", "bridge"]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, *head, "serve", "-c", str(config)],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={"PATH": "/usr/bin:/bin"},
+            )
+        processes.append(process)
+        return Served(f"http://127.0.0.1:{port}", log_path, process)
+
+    return start
 
 
 @pytest.fixture

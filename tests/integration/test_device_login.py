@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -34,10 +34,17 @@ from cryptography.fernet import Fernet
 from bridge.app import create_app
 from bridge.config import AppserviceConfig, BridgeConfig, Strategy, parse_config
 from bridge.store import open_store
-from tests.integration.conftest import BridgeClient, Login, auth, new_localpart
+from tests.integration.conftest import (
+    BridgeClient,
+    Login,
+    Served,
+    StartServe,
+    auth,
+    new_localpart,
+)
 from tests.support.dendrite import DendriteServer
 from tests.support.issuer import TestIssuer
-from tests.support.net import free_port, wait_http
+from tests.support.net import free_port
 from tests.support.postgres import PostgresServer, find_binary
 from tests.support.stack import (
     SERVER_NAME,
@@ -146,63 +153,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@dataclass
-class Served:
-    """A bridge process listening on ``base``."""
-
-    base: str
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    def wait_ready(self) -> None:
-        try:
-            wait_http(
-                self.base + "/.well-known/matrix/client",
-                timeout=30,
-                is_alive=lambda: self.process.poll() is None,
-            )
-        except Exception as exc:
-            log = self.log_path.read_text(encoding="utf-8", errors="replace")
-            raise RuntimeError(f"bridge at {self.base} did not start: {exc}\n{log}") from exc
-
-
-class StartServe(Protocol):
-    def __call__(
-        self, name: str, document: dict[str, object], port: int, *, without_login_lock: bool = ...
-    ) -> Served: ...
-
-
-@pytest.fixture
-def start_serve(tmp_path: Path) -> Iterator[StartServe]:
-    """Start ``serve`` processes (not waiting for them); all are killed at the end."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        name: str, document: dict[str, object], port: int, *, without_login_lock: bool = False
-    ) -> Served:
-        config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(document), encoding="utf-8")
-        log_path = tmp_path / f"{name}.log"
-        head = ["-c", WITHOUT_LOGIN_LOCK] if without_login_lock else ["-m", "bridge"]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, *head, "serve", "-c", str(config)],
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=CHILD_ENV,
-            )
-        started.append(process)
-        return Served(f"http://127.0.0.1:{port}", log_path, process)
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
 async def first_requests_on_two_instances(
     *,
     start_serve: StartServe,
@@ -229,7 +179,8 @@ async def first_requests_on_two_instances(
             strategy="device_login",
             store=store,
         )
-        served.append(start_serve(name, document, port, without_login_lock=without_login_lock))
+        code = WITHOUT_LOGIN_LOCK if without_login_lock else None
+        served.append(start_serve(name, document, port, code=code))
     await asyncio.gather(*(asyncio.to_thread(s.wait_ready) for s in served))
 
     alice = new_localpart("alice")

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from bridge.config import AppserviceConfig
-from tests.integration.conftest import auth, new_localpart
+from tests.integration.conftest import StartServe, auth, new_localpart
 from tests.integration.login_stack import CLIENT_URL, V3
-from tests.integration.test_device_login import CHILD_ENV, REPO_ROOT, Served, new_postgres_store
+from tests.integration.test_device_login import new_postgres_store
 from tests.support.issuer import TestIssuer, obtain_token
 from tests.support.net import free_port
 from tests.support.postgres import PostgresServer
@@ -49,42 +44,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Any]:
-    """Start ``serve`` processes (``deaf``: without following logouts); killed at the end."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, document: dict[str, object], port: int, *, deaf: bool) -> Served:
-        config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(document), encoding="utf-8")
-        log_path = tmp_path / f"{name}.log"
-        head = ["-c", DEAF] if deaf else ["-m", "bridge"]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, *head, "serve", "-c", str(config)],
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=CHILD_ENV,
-            )
-        started.append(process)
-        return Served(f"http://127.0.0.1:{port}", log_path, process)
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
 async def _whoami(http: aiohttp.ClientSession, base: str, token: str) -> tuple[int, Any]:
     async with http.get(base + WHOAMI, headers=auth(token)) as resp:
         return resp.status, await resp.json()
 
 
 async def _two_instances(
-    serve: Any,
+    start_serve: StartServe,
     *,
     deaf: bool,
     postgres_server: PostgresServer,
@@ -111,7 +77,8 @@ async def _two_instances(
             login=login_section(client),
         )
         document["public_baseurl"] = one_base  # one public name behind a load balancer
-        served.append(serve(name, document, port, deaf=deaf and name == "two"))
+        code = DEAF if deaf and name == "two" else None
+        served.append(start_serve(name, document, port, code=code))
     await asyncio.gather(*(asyncio.to_thread(s.wait_ready) for s in served))
     one, two = (s.base for s in served)
     return one_base, one, two
@@ -135,7 +102,7 @@ async def _refused_within_a_second(http: aiohttp.ClientSession, base: str, token
 
 @pytest.mark.parametrize("deaf", [False, True], ids=["listening", "control-deaf"])
 async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
-    serve: Any,
+    start_serve: StartServe,
     deaf: bool,
     postgres_server: PostgresServer,
     issuer: TestIssuer,
@@ -144,7 +111,7 @@ async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
     http: aiohttp.ClientSession,
 ) -> None:
     one_base, one, two = await _two_instances(
-        serve,
+        start_serve,
         deaf=deaf,
         postgres_server=postgres_server,
         issuer=issuer,
@@ -182,7 +149,7 @@ async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
 
 
 async def test_a_device_less_tokens_logout_reaches_the_other_instance_and_ends_it_alone(
-    serve: Any,
+    start_serve: StartServe,
     postgres_server: PostgresServer,
     issuer: TestIssuer,
     synapse: SynapseServer,
@@ -192,7 +159,7 @@ async def test_a_device_less_tokens_logout_reaches_the_other_instance_and_ends_i
     """A token with the API scope alone has no device whose moment could end it: its
     logout names the token itself, and the user's other device-less token lives on."""
     _, one, two = await _two_instances(
-        serve,
+        start_serve,
         deaf=False,
         postgres_server=postgres_server,
         issuer=issuer,

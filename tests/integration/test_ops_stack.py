@@ -7,54 +7,21 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 
 from bridge.config import AppserviceConfig
-from tests.integration.conftest import Login, auth, new_localpart
+from tests.integration.conftest import Login, Serve, auth, new_localpart
 from tests.support.issuer import TestIssuer, start_issuer
-from tests.support.net import free_port, wait_http
+from tests.support.net import free_port
+from tests.support.serve import ROOT
 from tests.support.stack import served_bridge_document
 from tests.support.synapse import SynapseServer
 
-ROOT = Path(__file__).resolve().parents[2]
 WHOAMI = "/_matrix/client/v3/account/whoami"
-
-
-@dataclass
-class Served:
-    base: str
-    ops: str
-    config: Path
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8")
-
-
-def _serve(tmp_path: Path, document: dict[str, Any]) -> Served:
-    config = tmp_path / "bridge.yaml"
-    config.write_text(yaml.safe_dump(document), encoding="utf-8")
-    log_path = tmp_path / "bridge.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "-c", str(config)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-        )
-    base = document["public_baseurl"].rstrip("/")
-    ops = f"http://127.0.0.1:{document['ops']['port']}"
-    wait_http(base + "/.well-known/matrix/client", is_alive=lambda: process.poll() is None)
-    return Served(base, ops, config, log_path, process)
 
 
 def _document(
@@ -68,16 +35,6 @@ def _document(
     for key, value in extra.items():
         document[key] = {**document.get(key, {}), **value}
     return document
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def doctor(config: Path) -> subprocess.CompletedProcess[str]:
@@ -95,14 +52,12 @@ def doctor(config: Path) -> subprocess.CompletedProcess[str]:
 
 
 async def test_doctor_passes_on_the_real_stack(
-    tmp_path: Path,
     issuer: TestIssuer,
     synapse: SynapseServer,
     appservice: AppserviceConfig,
-    processes: list[subprocess.Popen[bytes]],
+    serve: Serve,
 ) -> None:
-    served = await asyncio.to_thread(_serve, tmp_path, _document(issuer, synapse, appservice))
-    processes.append(served.process)
+    served = await asyncio.to_thread(serve, _document(issuer, synapse, appservice))
     result = await asyncio.to_thread(doctor, served.config)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -190,13 +145,12 @@ async def test_doctor_on_a_bad_config_exits_11(tmp_path: Path) -> None:
 
 
 async def test_no_secret_in_any_log_line_of_a_debug_run(
-    tmp_path: Path,
     issuer: TestIssuer,
     synapse: SynapseServer,
     appservice: AppserviceConfig,
     login: Login,
     http: aiohttp.ClientSession,
-    processes: list[subprocess.Popen[bytes]],
+    serve: Serve,
 ) -> None:
     """issuer.kind: mas, so MAS's shared secret is used both ways (introspection, and
     MAS's provisioning calls); tokens in headers and query strings, good and bad."""
@@ -211,8 +165,7 @@ async def test_no_secret_in_any_log_line_of_a_debug_run(
         "auth": "mas_shared_secret",
         "client_secret": issuer.mas_shared_secret,
     }
-    served = await asyncio.to_thread(_serve, tmp_path, document)
-    processes.append(served.process)
+    served = await asyncio.to_thread(serve, document)
 
     localpart = new_localpart("alice")
     token = await login(localpart, "DEVICEALICE1")

@@ -4,62 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
 from bridge.config import AppserviceConfig
-from tests.integration.conftest import Login, auth, new_localpart
+from tests.integration.conftest import Login, Serve, auth, new_localpart
 from tests.support.issuer import TestIssuer
-from tests.support.net import free_port, wait_http
+from tests.support.net import free_port
+from tests.support.serve import Bridge
 from tests.support.stack import served_bridge_document
 from tests.support.synapse import SynapseServer
 
 
-@dataclass
-class Served:
-    base: str
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-
 @pytest.fixture
 def served(
-    tmp_path: Path, issuer: TestIssuer, synapse: SynapseServer, appservice: AppserviceConfig
-) -> Iterator[Served]:
+    serve: Serve, issuer: TestIssuer, synapse: SynapseServer, appservice: AppserviceConfig
+) -> Bridge:
     """``matrix-oidc-bridge serve`` in its own process, logging at DEBUG."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     document = served_bridge_document(
-        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice, port=port
+        issuer=issuer, homeserver_url=synapse.base_url, appservice=appservice, port=free_port()
     )
-    config = tmp_path / "bridge.yaml"
-    config.write_text(yaml.safe_dump(document), encoding="utf-8")
-    log_path = tmp_path / "bridge.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "-c", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={"BRIDGE_LOG_LEVEL": "DEBUG", "PATH": "/usr/bin:/bin"},
-        )
-    try:
-        wait_http(base + "/.well-known/matrix/client", is_alive=lambda: process.poll() is None)
-        yield Served(base, log_path, process)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    return serve(document, {"BRIDGE_LOG_LEVEL": "DEBUG"})
 
 
 async def test_serve_logs_requests_without_tokens(
-    served: Served,
+    served: Bridge,
     issuer: TestIssuer,
     appservice: AppserviceConfig,
     login: Login,

@@ -21,6 +21,7 @@ from tests.fakes import (
     FakeIssuer,
     Fault,
     active_claims,
+    bearer,
     bridge_config,
     free_port,
     start_bridge,
@@ -34,10 +35,6 @@ AUTH_ISSUER = "/_matrix/client/unstable/org.matrix.msc2965/auth_issuer"
 INTROSPECTION_TIMEOUT = 0.2
 
 MakeBridge = Callable[..., Awaitable[BridgeClient]]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from tests.fakes import (
     FakeIssuer,
     Fault,
     active_claims,
+    bearer,
     bridge_config,
     start_bridge,
 )
@@ -41,10 +42,6 @@ COOLDOWN = 0.5
 MAX_TTL = 1.0
 
 MakeBridge = Callable[..., Awaitable[BridgeClient]]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 class Issuer:
