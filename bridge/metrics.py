@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import aiohttp
@@ -61,7 +62,8 @@ STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # The bridge's calls to the issuer, by what they are for.
 ISSUER_CALLS: Final = ("discovery", "jwks", "introspection", "revocation", "token")
 # ok: a usable answer; refused: 4xx (introspection: the bridge's credentials);
-# error: 5xx or a malformed answer; unreachable: no connection; timeout.
+# error: 5xx or a malformed answer; unreachable: no connection; timeout
+# (Metrics.issuer_call decides).
 ISSUER_OUTCOMES: Final = ("ok", "refused", "error", "unreachable", "timeout")
 # forward: a client's request; long_poll: one of its long polls (/sync, /events: they
 # wait for their timeout); appservice: the bridge's own (provisioning, probes).
@@ -291,6 +293,48 @@ class Metrics:
 
     def issuer_metadata_fetched(self) -> None:
         self.issuer_metadata_loaded.set(time.time())
+
+    @contextmanager
+    def issuer_call(self, call: str) -> Iterator[IssuerCall]:
+        """Count and time the call to the issuer made in the block (``call``: one of
+        ISSUER_CALLS), which sets the answer's HTTP status on what it is given.
+
+        The outcome: ok when the block ends normally; when it raises, by the exception
+        or its ``__cause__``: timeout, unreachable (no connection); else refused for an
+        answer other than 200 below 500 (no redirect is followed), error for anything
+        else (5xx, a malformed answer). A cancelled call is not counted.
+        """
+        answer = IssuerCall()
+        outcome = ""
+        started = time.perf_counter()
+        try:
+            yield answer
+            outcome = "ok"
+        except Exception as e:
+            outcome = _issuer_failure(e.__cause__ or e, answer.status)
+            raise
+        finally:
+            if outcome:
+                self.issuer_request[call, outcome].inc()
+                self.issuer_call_duration[call].observe(time.perf_counter() - started)
+
+
+class IssuerCall:
+    """A call to the issuer being counted (:meth:`Metrics.issuer_call`)."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        # The answer's HTTP status (0: none yet).
+        self.status = 0
+
+
+def _issuer_failure(error: BaseException, status: int) -> str:
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, aiohttp.ClientConnectionError):
+        return "unreachable"
+    return "refused" if status < 500 and status not in (0, 200) else "error"
 
 
 def _status_class(status: int) -> str:

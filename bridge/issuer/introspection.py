@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -12,7 +11,7 @@ import aiohttp
 from bridge.config import IntrospectionConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.limit import InflightLimit
-from bridge.issuer.metadata import IssuerMetadata, issuer_failure
+from bridge.issuer.metadata import IssuerMetadata
 from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
@@ -57,11 +56,7 @@ class Introspector:
         metrics: Metrics | None = None,
     ) -> None:
         self._session = session
-        metrics = metrics if metrics is not None else Metrics()
-        self._outcomes = {
-            o: c for (call, o), c in metrics.issuer_request.items() if call == "introspection"
-        }
-        self._duration = metrics.issuer_call_duration["introspection"]
+        self._metrics = metrics if metrics is not None else Metrics()
         self._metadata = metadata
         self._limit = limit
         self._config = config
@@ -76,9 +71,7 @@ class Introspector:
         if endpoint is None:
             raise IssuerUnavailable("The issuer advertises no introspection_endpoint")
         form = {"token": token, "token_type_hint": "access_token", **self._form_auth}
-        with self._limit.slot():
-            started = time.perf_counter()
-            outcome = "ok"
+        with self._limit.slot(), self._metrics.issuer_call("introspection") as call:
             try:
                 async with self._session.post(
                     endpoint,
@@ -87,28 +80,23 @@ class Introspector:
                     timeout=self._timeout,
                     allow_redirects=False,
                 ) as resp:
+                    call.status = resp.status
                     if resp.status == 400 and await _token_refused(resp):
                         return {"active": False}
                     if resp.status != 200:
                         # 401 here means the bridge's own credentials are wrong: an
                         # admin problem, which must not log every user out.
-                        outcome = "refused" if resp.status < 500 else "error"
                         log.error("introspection answered HTTP %s", resp.status)
                         raise IssuerUnavailable(
                             "The authentication service refused introspection",
                             retry_after=retry_after(resp),
                         )
                     answer = await resp.json(content_type=None)
-                if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
-                    outcome = "error"
-                    raise IssuerUnavailable("The authentication service gave a malformed answer")
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                outcome = issuer_failure(e)
                 log.warning("introspection failed: %s", type(e).__name__)
                 raise IssuerUnavailable("The authentication service is unreachable") from e
-            finally:
-                self._outcomes[outcome].inc()
-                self._duration.observe(time.perf_counter() - started)
+            if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
+                raise IssuerUnavailable("The authentication service gave a malformed answer")
         return answer
 
 

@@ -38,7 +38,7 @@ from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.introspection import retry_after
 from bridge.issuer.limit import InflightLimit
-from bridge.issuer.metadata import IssuerMetadata, issuer_failure
+from bridge.issuer.metadata import IssuerMetadata
 from bridge.metrics import Metrics
 from bridge.singleflight import SingleFlight
 
@@ -94,9 +94,7 @@ class SigningKeys:
         max_unknown: int,
         metrics: Metrics | None = None,
     ) -> None:
-        metrics = metrics if metrics is not None else Metrics()
-        self._outcomes = {o: c for (call, o), c in metrics.issuer_request.items() if call == "jwks"}
-        self._duration = metrics.issuer_call_duration["jwks"]
+        self._metrics = metrics if metrics is not None else Metrics()
         self._session = session
         self._metadata = metadata
         self._limit = limit
@@ -217,20 +215,11 @@ class SigningKeys:
 
     async def fetch(self) -> None:
         """Fetch the JWKS and keep it if it is one (IssuerUnavailable otherwise)."""
-        started = time.perf_counter()
-        outcome = "ok"
         try:
             keys = await self._download()
         except IssuerUnavailable as e:
-            # No connection or no answer in time; an HTTP status as it says (refused:
-            # 4xx, as for discovery and introspection); anything else the issuer's error.
-            cause = e.__cause__
-            outcome = e.outcome or (issuer_failure(cause) if cause is not None else "error")
             self._failure = e
             raise
-        finally:
-            self._outcomes[outcome].inc()
-            self._duration.observe(time.perf_counter() - started)
         self._failure = None
         gone = set(self._keys) - set(keys)
         self._keys = keys
@@ -243,40 +232,39 @@ class SigningKeys:
         url = self._metadata.require().endpoint("jwks_uri")
         if url is None:
             raise IssuerUnavailable("The authentication service advertises no jwks_uri")
-        try:
-            with self._limit.slot():
+        with self._limit.slot(), self._metrics.issuer_call("jwks") as call:
+            try:
                 async with self._session.get(
                     url,
                     headers={"Accept": "application/json"},
                     timeout=self._timeout,
                     allow_redirects=False,
                 ) as resp:
+                    call.status = resp.status
                     if resp.status != 200:
                         log.error("the JWKS answered HTTP %s", resp.status)
-                        refused = IssuerUnavailable(
+                        raise IssuerUnavailable(
                             "The authentication service's keys are unavailable",
                             retry_after=retry_after(resp),
                         )
-                        refused.outcome = "refused" if resp.status < 500 else "error"
-                        raise refused
                     body = bytearray()
                     async for chunk in resp.content.iter_any():
                         body += chunk
                         if len(body) > MAX_JWKS_BYTES:
                             raise ValueError("JWKS too large")
-            document = json.loads(body)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            log.warning("JWKS fetch failed: %s", type(e).__name__)
-            raise IssuerUnavailable("The authentication service's keys are unavailable") from e
-        entries = document.get("keys") if isinstance(document, dict) else None
-        if not isinstance(entries, list):
-            raise IssuerUnavailable("The authentication service's JWKS is malformed")
-        keys: dict[str | None, list[dict[str, Any]]] = {}
-        for jwk in entries[:MAX_KEYS]:
-            if _for_signatures(jwk):
-                keys.setdefault(jwk.get("kid"), []).append(jwk)
-        if not keys:
-            raise IssuerUnavailable("The authentication service's JWKS has no signing key")
+                document = json.loads(body)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                log.warning("JWKS fetch failed: %s", type(e).__name__)
+                raise IssuerUnavailable("The authentication service's keys are unavailable") from e
+            entries = document.get("keys") if isinstance(document, dict) else None
+            if not isinstance(entries, list):
+                raise IssuerUnavailable("The authentication service's JWKS is malformed")
+            keys: dict[str | None, list[dict[str, Any]]] = {}
+            for jwk in entries[:MAX_KEYS]:
+                if _for_signatures(jwk):
+                    keys.setdefault(jwk.get("kid"), []).append(jwk)
+            if not keys:
+                raise IssuerUnavailable("The authentication service's JWKS has no signing key")
         return keys
 
     async def refresh_forever(self) -> None:

@@ -26,15 +26,6 @@ log = logging.getLogger("bridge.issuer")
 _RETRY_UNLOADED = 5.0
 
 
-def issuer_failure(error: BaseException) -> str:
-    """The outcome label of a failed call to the issuer (bridge.metrics.ISSUER_OUTCOMES)."""
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    if isinstance(error, aiohttp.ClientConnectionError):
-        return "unreachable"
-    return "error"
-
-
 def discovery_url(issuer: str) -> str:
     """OpenID Connect Discovery §4: the issuer, without a trailing slash, + the well-known path."""
     return issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -91,23 +82,17 @@ class IssuerMetadata:
         """Fetch and validate the discovery document; keep it if valid."""
         url = discovery_url(self._config.issuer)
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        outcome = "ok"
-        started = time.perf_counter()
-        try:
-            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    outcome = "refused" if resp.status < 500 else "error"
-                    raise IssuerUnavailable(f"Discovery answered HTTP {resp.status}")
-                document = await resp.json(content_type=None)
+        with self._metrics.issuer_call("discovery") as call:
+            try:
+                async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                    call.status = resp.status
+                    if resp.status != 200:
+                        raise IssuerUnavailable(f"Discovery answered HTTP {resp.status}")
+                    document = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                raise IssuerUnavailable(f"Discovery failed: {type(e).__name__}") from e
             if not isinstance(document, dict):
-                outcome = "error"
                 raise IssuerUnavailable("Discovery document is not a JSON object")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            outcome = issuer_failure(e)
-            raise IssuerUnavailable(f"Discovery failed: {type(e).__name__}") from e
-        finally:
-            self._metrics.issuer_request["discovery", outcome].inc()
-            self._metrics.issuer_call_duration["discovery"].observe(time.perf_counter() - started)
         if document.get("issuer") != self._config.issuer:
             # A mismatch means a misconfiguration or a mix-up attack (RFC 8414 §3.3):
             # what was trusted before is not any more. Tokens validated already keep

@@ -18,9 +18,9 @@ import base64
 import hashlib
 import logging
 import secrets
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -28,10 +28,12 @@ import aiohttp
 from bridge.errors import IssuerUnavailable
 from bridge.issuer import introspection
 from bridge.issuer.limit import InflightLimit
-from bridge.issuer.metadata import IssuerMetadata, issuer_failure
+from bridge.issuer.metadata import IssuerMetadata
 from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
+
+T = TypeVar("T")
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -76,10 +78,7 @@ class OAuthClient:
         timeout: float,
         metrics: Metrics | None = None,
     ) -> None:
-        metrics = metrics if metrics is not None else Metrics()
-        # (call, outcome) counters and the duration of the two calls made here.
-        self._outcomes = metrics.issuer_request
-        self._durations = metrics.issuer_call_duration
+        self._metrics = metrics if metrics is not None else Metrics()
         self._session = session
         self._metadata = metadata
         self._limit = limit
@@ -88,10 +87,6 @@ class OAuthClient:
         self._headers, self._form_auth = introspection.client_auth(
             client_auth, client_id, client_secret
         )
-
-    def _count(self, what: str, outcome: str, started: float) -> None:
-        self._outcomes[(what, outcome)].inc()
-        self._durations[what].observe(time.perf_counter() - started)
 
     def _endpoint(self, name: str) -> str:
         endpoint = self._metadata.require().endpoint(name)
@@ -148,28 +143,7 @@ class OAuthClient:
         )
 
     async def _token(self, form: dict[str, str]) -> TokenResponse:
-        answer = await self._post("token_endpoint", form, "token")
-        access_token = answer.get("access_token")
-        token_type = answer.get("token_type")
-        if not isinstance(access_token, str) or not access_token:
-            raise IssuerUnavailable("The authentication service answered without an access token")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise IssuerUnavailable("The authentication service issued a token that is not Bearer")
-        refresh_token = answer.get("refresh_token")
-        expires_in = answer.get("expires_in")
-        id_token = answer.get("id_token")
-        scope = answer.get("scope")
-        return TokenResponse(
-            access_token=access_token,
-            refresh_token=refresh_token
-            if isinstance(refresh_token, str) and refresh_token
-            else None,
-            expires_in=int(expires_in)
-            if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
-            else None,
-            id_token=id_token if isinstance(id_token, str) else None,
-            scope=scope if isinstance(scope, str) else None,
-        )
+        return await self._post("token_endpoint", form, "token", _token_response)
 
     async def revoke(self, token: str, hint: str) -> bool:
         """RFC 7009: whether the issuer accepted the revocation (200). An issuer that
@@ -177,18 +151,28 @@ class OAuthClient:
         anyway (bridge.auth.not_before)."""
         try:
             await self._post(
-                "revocation_endpoint", {"token": token, "token_type_hint": hint}, "revocation"
+                "revocation_endpoint",
+                {"token": token, "token_type_hint": hint},
+                "revocation",
+                lambda answer: None,  # 200 with any body, often none
             )
         except (GrantRefused, IssuerUnavailable) as e:
             log.warning("the issuer did not revoke a %s: %s", hint, e)
             return False
         return True
 
-    async def _post(self, endpoint_name: str, form: dict[str, str], what: str) -> dict[str, Any]:
-        """One call (``what``: ``token`` or ``revocation``, its metrics label)."""
+    async def _post(
+        self,
+        endpoint_name: str,
+        form: dict[str, str],
+        what: str,
+        read: Callable[[dict[str, Any]], T],
+    ) -> T:
+        """One call (``what``: ``token`` or ``revocation``, its metrics label); ``read``
+        makes the result of a 200 answer's JSON object (an empty one if there is none),
+        or raises IssuerUnavailable (a malformed answer)."""
         endpoint = self._endpoint(endpoint_name)
-        with self._limit.slot():
-            started = time.perf_counter()
+        with self._limit.slot(), self._metrics.issuer_call(what) as call:
             try:
                 async with self._session.post(
                     endpoint,
@@ -197,29 +181,49 @@ class OAuthClient:
                     timeout=self._timeout,
                     allow_redirects=False,
                 ) as resp:
-                    status = resp.status
+                    call.status = status = resp.status
                     retry = introspection.retry_after(resp)
                     try:
                         answer = await resp.json(content_type=None)
                     except ValueError:
                         answer = None
             except (aiohttp.ClientError, TimeoutError) as e:
-                self._count(what, issuer_failure(e), started)
                 log.warning("%s request failed: %s", what, type(e).__name__)
                 raise IssuerUnavailable("The authentication service is unreachable") from e
-        self._count(
-            what, "ok" if status == 200 else "refused" if status < 500 else "error", started
-        )
-        if status == 200:
-            # Revocation answers 200 with any body, often none.
-            return answer if isinstance(answer, dict) else {}
-        error = answer.get("error") if isinstance(answer, dict) else None
-        if status in (400, 401) and isinstance(error, str):
-            # invalid_grant, invalid_request, unsupported_token_type, ...; 401
-            # invalid_client is the bridge's own configuration, but refusing the
-            # grant is still the honest answer to the client.
-            if error == "invalid_client":
-                log.error("the issuer refused the bridge's login client (%s)", what)
-            raise GrantRefused(error)
-        log.error("%s answered HTTP %s", what, status)
-        raise IssuerUnavailable("The authentication service could not answer", retry_after=retry)
+            if status == 200:
+                return read(answer if isinstance(answer, dict) else {})
+            error = answer.get("error") if isinstance(answer, dict) else None
+            if status in (400, 401) and isinstance(error, str):
+                # invalid_grant, invalid_request, unsupported_token_type, ...; 401
+                # invalid_client is the bridge's own configuration, but refusing the
+                # grant is still the honest answer to the client.
+                if error == "invalid_client":
+                    log.error("the issuer refused the bridge's login client (%s)", what)
+                raise GrantRefused(error)
+            log.error("%s answered HTTP %s", what, status)
+            raise IssuerUnavailable(
+                "The authentication service could not answer", retry_after=retry
+            )
+
+
+def _token_response(answer: dict[str, Any]) -> TokenResponse:
+    """A token endpoint's 200 answer, checked."""
+    access_token = answer.get("access_token")
+    token_type = answer.get("token_type")
+    if not isinstance(access_token, str) or not access_token:
+        raise IssuerUnavailable("The authentication service answered without an access token")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise IssuerUnavailable("The authentication service issued a token that is not Bearer")
+    refresh_token = answer.get("refresh_token")
+    expires_in = answer.get("expires_in")
+    id_token = answer.get("id_token")
+    scope = answer.get("scope")
+    return TokenResponse(
+        access_token=access_token,
+        refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+        expires_in=int(expires_in)
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+        else None,
+        id_token=id_token if isinstance(id_token, str) else None,
+        scope=scope if isinstance(scope, str) else None,
+    )
