@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -15,6 +17,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from bridge import metrics as m
 from bridge.app import create_app
+from bridge.errors import IssuerUnavailable
+from bridge.issuer.oauth import GrantRefused
 from bridge.metrics import PREFIX
 from bridge.ops import create_ops_app
 from bridge.reload import Reloader
@@ -372,3 +376,56 @@ async def test_jwt_mode_counts_jwks_fetches_and_reload_changes_the_jwt_audiences
     # audiences: judged again by the new ones.
     assert (await bridge.get(WHOAMI, headers=auth(for_elsewhere))).status == 200
     assert (await bridge.get(WHOAMI, headers=auth(for_us))).status == 401
+
+
+def _failed(cause: BaseException | None) -> Exception:
+    error = IssuerUnavailable("the issuer could not answer")
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "outcome"),
+    [
+        (200, None, "ok"),
+        (400, None, "ok"),  # an answer the caller could use (introspection: not active)
+        (404, _failed(None), "refused"),
+        (302, _failed(None), "refused"),  # redirects are not followed
+        (401, GrantRefused("invalid_grant"), "refused"),
+        (503, _failed(None), "error"),
+        (200, _failed(None), "error"),  # a malformed answer
+        (200, _failed(ValueError("not JSON")), "error"),
+        (0, _failed(TimeoutError()), "timeout"),
+        (404, _failed(TimeoutError()), "timeout"),  # the body never came
+        (0, _failed(aiohttp.ClientConnectionError()), "unreachable"),
+        (0, RuntimeError("unexpected"), "error"),
+    ],
+)
+def test_issuer_calls_are_labelled_by_one_rule(
+    status: int, error: Exception | None, outcome: str
+) -> None:
+    metrics = m.Metrics()
+    with contextlib.suppress(Exception), metrics.issuer_call("token") as call:
+        call.status = status
+        if error is not None:
+            raise error
+    counts = {o: metrics.issuer_request["token", o]._value.get() for o in m.ISSUER_OUTCOMES}
+    assert counts == {o: 1 if o == outcome else 0 for o in m.ISSUER_OUTCOMES}
+    assert sample_count(metrics, "token") == 1
+
+
+def test_a_cancelled_issuer_call_is_not_counted() -> None:
+    metrics = m.Metrics()
+    with contextlib.suppress(asyncio.CancelledError), metrics.issuer_call("introspection"):
+        raise asyncio.CancelledError
+    assert not any(
+        metrics.issuer_request["introspection", o]._value.get() for o in m.ISSUER_OUTCOMES
+    )
+    assert sample_count(metrics, "introspection") == 0
+
+
+def sample_count(metrics: m.Metrics, call: str) -> float:
+    name = PREFIX + "issuer_request_duration_seconds_count"
+    value = metrics.registry.get_sample_value(name, {"call": call})
+    assert value is not None
+    return value
