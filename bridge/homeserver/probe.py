@@ -109,7 +109,7 @@ class _Homeserver:
             self.session,
             method,
             self.base + path,
-            authorization=authorization or self.as_authorization,
+            authorization=self.as_authorization if authorization is None else authorization,
             body=body,
             params=params,
             client_timeout=self.timeout,
@@ -120,7 +120,9 @@ async def probe(session: aiohttp.ClientSession, config: BridgeConfig) -> ProbeRe
     """Ask the homeserver; :class:`ProbeFailed` if it cannot be reached or refuses the as_token."""
     hs = _Homeserver(session, config)
     try:
-        status, versions = await hs.call("GET", "/_matrix/client/versions")
+        # Public, and asked without the as_token: Synapse refuses a wrong token even
+        # here (401), and the whoami below names that better.
+        status, versions = await hs.call("GET", "/_matrix/client/versions", authorization="")
         if status != 200:
             raise ProbeFailed(f"GET /_matrix/client/versions answered HTTP {status}")
         status, whoami = await hs.call("GET", f"{_V3}/account/whoami")
