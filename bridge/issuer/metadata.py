@@ -40,6 +40,22 @@ def discovery_url(issuer: str) -> str:
     return issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
+class DiscoveryFailed(IssuerUnavailable):
+    """The document was not kept; ``answered``: the HTTP status, if an answer came."""
+
+    def __init__(self, message: str, answered: int | None = None) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class IssuerMismatch(DiscoveryFailed):
+    """The document names another issuer (``named``)."""
+
+    def __init__(self, named: object, configured: str) -> None:
+        super().__init__(f"Discovery document names issuer {named!r}, configured {configured!r}")
+        self.named = named
+
+
 @dataclass(frozen=True)
 class Metadata:
     """One validated discovery document."""
@@ -93,18 +109,20 @@ class IssuerMetadata:
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         outcome = "ok"
         started = time.perf_counter()
+        answered = None
         try:
             async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                answered = resp.status
                 if resp.status != 200:
                     outcome = "refused" if resp.status < 500 else "error"
-                    raise IssuerUnavailable(f"Discovery answered HTTP {resp.status}")
+                    raise DiscoveryFailed(f"Discovery answered HTTP {resp.status}", answered)
                 document = await resp.json(content_type=None)
             if not isinstance(document, dict):
                 outcome = "error"
-                raise IssuerUnavailable("Discovery document is not a JSON object")
+                raise DiscoveryFailed("Discovery document is not a JSON object", answered)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             outcome = issuer_failure(e)
-            raise IssuerUnavailable(f"Discovery failed: {type(e).__name__}") from e
+            raise DiscoveryFailed(f"Discovery failed: {type(e).__name__}", answered) from e
         finally:
             self._metrics.issuer_request["discovery", outcome].inc()
             self._metrics.issuer_call_duration["discovery"].observe(time.perf_counter() - started)
@@ -115,10 +133,7 @@ class IssuerMetadata:
             if self.current is not None:
                 log.error("the issuer's discovery document now names another issuer")
             self.current = None
-            raise IssuerUnavailable(
-                f"Discovery document names issuer {document.get('issuer')!r}, "
-                f"configured {self._config.issuer!r}"
-            )
+            raise IssuerMismatch(document.get("issuer"), self._config.issuer)
         metadata = Metadata(document, json.dumps(document).encode())
         self.current = metadata
         self.fetched_at = time.monotonic()
