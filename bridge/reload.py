@@ -150,8 +150,11 @@ class Reloader:
                         client_ids=frozenset(new.issuer.client_ids),
                     )
                 if isinstance(verifier, JwtVerifier):
-                    # A JWT's aud is always checked: against public_baseurl by default.
-                    verifier.audiences = list(new.issuer.audiences) or [new.public_baseurl]
+                    # A JWT's aud is always checked: against public_baseurl by default
+                    # (the running one: it is not reloadable).
+                    verifier.audiences = list(new.issuer.audiences) or [
+                        self._running.public_baseurl
+                    ]
             old = self._running.issuer
             if (old.audiences, old.client_ids) != (new.issuer.audiences, new.issuer.client_ids):
                 # Every session was judged by the old allow-lists: judged again.

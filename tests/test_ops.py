@@ -372,3 +372,24 @@ async def test_jwt_mode_counts_jwks_fetches_and_reload_changes_the_jwt_audiences
     # audiences: judged again by the new ones.
     assert (await bridge.get(WHOAMI, headers=auth(for_elsewhere))).status == 200
     assert (await bridge.get(WHOAMI, headers=auth(for_us))).status == 401
+
+
+async def test_reload_keeps_the_running_public_baseurl_as_the_default_jwt_audience(
+    aiohttp_client: AiohttpClient,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # public_baseurl is not reloadable (logged as ignored): the JWT verifier's default
+    # audience, which is public_baseurl, must not follow the file either.
+    app = create_app(bridge_config(issuer.url, homeserver.url, {"issuer": {"validation": "jwt"}}))
+    bridge = await aiohttp_client(app)
+    moved = "https://moved.example.test/"
+    reloaded = bridge_config(
+        issuer.url, homeserver.url, {"issuer": {"validation": "jwt"}, "public_baseurl": moved}
+    )
+    Reloader(app, Path("unused.yaml"), Notifier(""), lambda _logging: None).apply(reloaded)
+    assert "public_baseurl changed; ignored until the next restart" in caplog.text
+    assert (await bridge.get(WHOAMI, headers=auth(issuer.sign()))).status == 200
+    moved_token = issuer.sign(issuer.access_claims(audience=moved))
+    assert (await bridge.get(WHOAMI, headers=auth(moved_token))).status == 401
