@@ -11,8 +11,8 @@ a check that needs an earlier one that failed is skipped (``-``). In order:
 5. the homeserver answers, and which spec versions it speaks;
 6. it accepts the bridge's ``as_token`` (appservice ``whoami``);
 7. which identity strategies it supports, and whether the configured one is
-   among them (the start-up probe, which creates and removes a device of the
-   appservice's own user);
+   among them (5 to 7 are the start-up probe's steps, which create and remove a
+   device of the appservice's own user);
 8. ``/.well-known/matrix/client`` and ``auth_metadata`` as clients see them at
    ``public_baseurl`` (the bridge must be running and routed there).
 
@@ -22,9 +22,10 @@ else 1. Nothing printed holds a secret.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,9 +35,9 @@ import aiohttp
 from bridge import USER_AGENT
 from bridge.config import BridgeConfig, load_config
 from bridge.errors import ConfigError
-from bridge.homeserver.probe import ProbeFailed, probe
+from bridge.homeserver.probe import Probe, ProbeFailed
 from bridge.issuer.introspection import TOKEN_ERRORS, client_auth
-from bridge.issuer.metadata import discovery_url
+from bridge.issuer.metadata import DiscoveryFailed, IssuerMetadata, IssuerMismatch, discovery_url
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 11
@@ -56,9 +57,20 @@ class CheckFailed(Exception):
 class Findings:
     """What the checks learnt, for the checks after them."""
 
-    discovery: dict[str, Any] | None = None
-    homeserver_up: bool = False
+    discovery: Mapping[str, Any] | None = None
+    versions: tuple[str, ...] | None = None
     as_token_ok: bool = False
+
+
+def _failed(error: BaseException, what: str, url: str, hint: str, answered: str) -> CheckFailed:
+    """The ✗ of a failed request: unreachable, named by aiohttp's error (or the timeout)
+    behind ``error``; else ``answered``, what its answer was."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, aiohttp.ClientError | TimeoutError):
+        cause = cause.__cause__
+    if cause is None:
+        return CheckFailed(answered, hint)
+    return CheckFailed(f"{what} is unreachable at {url} ({type(cause).__name__})", hint)
 
 
 def jwt_access_tokens(config: BridgeConfig) -> bool:
@@ -74,6 +86,7 @@ class Doctor:
         self.config = config
         self.session = session
         self.out = out
+        self.probe = Probe(session, config)
         self.found = Findings()
         self.failed = False
 
@@ -110,7 +123,7 @@ class Doctor:
         else:
             self.line(SKIP, "introspection credentials: not used (validation: jwt)")
         await self.check("homeserver", self.homeserver)
-        no_homeserver = None if found.homeserver_up else "the homeserver is unreachable"
+        no_homeserver = None if found.versions is not None else "the homeserver is unreachable"
         await self.check("appservice as_token", self.as_token, needs=no_homeserver)
         no_as_token = None if found.as_token_ok else "the homeserver refuses the as_token"
         await self.check("identity strategy", self.strategy, needs=no_homeserver or no_as_token)
@@ -134,16 +147,17 @@ class Doctor:
         issuer = self.config.issuer.issuer
         url = discovery_url(issuer)
         hint = f"is the issuer running, and reachable from this host? (issuer.issuer: {issuer})"
-        status, document = await self._get_json(url, "the discovery document", hint)
-        if status != 200 or not isinstance(document, dict):
-            raise CheckFailed(f"{url} answered HTTP {status}, not a discovery document", hint)
-        if document.get("issuer") != issuer:
+        try:
+            metadata = await IssuerMetadata(self.session, self.config.issuer).fetch()
+        except IssuerMismatch as e:
             raise CheckFailed(
-                f"the document names issuer {document.get('issuer')!r}, configured {issuer!r}",
-                f"set issuer.issuer to exactly {document.get('issuer')!r} "
-                "(the trailing slash counts)",
-            )
-        self.found.discovery = document
+                f"the document names issuer {e.named!r}, configured {issuer!r}",
+                f"set issuer.issuer to exactly {e.named!r} (the trailing slash counts)",
+            ) from e
+        except DiscoveryFailed as e:
+            answered = f"{url} answered HTTP {e.answered}, not a discovery document"
+            raise _failed(e, "the discovery document", url, hint, answered) from e
+        self.found.discovery = metadata.document
         return f"{url} answers, and names {issuer}"
 
     async def jwks(self) -> str:
@@ -209,40 +223,36 @@ class Doctor:
     async def homeserver(self) -> str:
         url = self.config.homeserver.url + "/_matrix/client/versions"
         hint = f"is the homeserver running at homeserver.url ({self.config.homeserver.url})?"
-        status, answer = await self._get_json(url, "the homeserver", hint)
-        versions = answer.get("versions") if isinstance(answer, dict) else None
-        if status != 200 or not isinstance(versions, list):
-            raise CheckFailed(f"{url} answered HTTP {status}, not a versions list", hint)
-        self.found.homeserver_up = True
-        listed = [v for v in versions if isinstance(v, str)]
-        return f"{self.config.homeserver.url} speaks {', '.join(listed) or 'no spec version'}"
+        try:
+            versions = await self.probe.versions()
+        except ProbeFailed as e:
+            answered = f"{url} answered HTTP {e.status}, not a versions list"
+            raise _failed(e, "the homeserver", url, hint, answered) from e
+        if versions is None:
+            raise CheckFailed(f"{url} answered HTTP 200, not a versions list", hint)
+        self.found.versions = versions
+        return f"{self.config.homeserver.url} speaks {', '.join(versions) or 'no spec version'}"
 
     async def as_token(self) -> str:
-        appservice = self.config.appservice
-        sender = f"@{appservice.sender_localpart}:{self.config.server_name}"
         url = self.config.homeserver.url + "/_matrix/client/v3/account/whoami"
         hint = (
             "the homeserver must load the bridge's registration: "
             "matrix-oidc-bridge generate-registration -c FILE -o registration.yaml, add it "
             "(Synapse: app_service_config_files) and restart the homeserver"
         )
-        status, answer = await self._get_json(
-            url, "the homeserver", hint, headers={"Authorization": f"Bearer {appservice.as_token}"}
-        )
-        user_id = answer.get("user_id") if isinstance(answer, dict) else None
-        if status != 200 or user_id != sender:
-            errcode = answer.get("errcode", "") if isinstance(answer, dict) else ""
-            raise CheckFailed(
-                f"the homeserver does not accept the as_token (HTTP {status} {errcode})".strip(),
-                hint,
-            )
+        try:
+            await self.probe.check_as_token()
+        except ProbeFailed as e:
+            answered = f"the homeserver does not accept the as_token (HTTP {e.status} {e.errcode})"
+            raise _failed(e, "the homeserver", url, hint, answered.strip()) from e
         self.found.as_token_ok = True
-        return f"accepted as {sender}"
+        return f"accepted as {self.probe.sender}"
 
     async def strategy(self) -> str:
         configured = self.config.homeserver.strategy
+        assert self.found.versions is not None  # checked by run
         try:
-            result = await probe(self.session, self.config)
+            result = await self.probe.result(self.found.versions)
         except ProbeFailed as e:
             raise CheckFailed(str(e), "see the homeserver's log for the refused request") from e
         if configured not in result.strategies:
@@ -300,6 +310,8 @@ async def doctor_cli(config_path: Path, out: TextIO | None = None) -> int:
         print("    hint: `matrix-oidc-bridge config-schema` describes every key", file=out)
         return EXIT_CONFIG
     print(f"{PASS} config {config_path}: valid", file=out)
+    # The probe's calls log a homeserver they cannot reach: the checks say so already.
+    logging.disable(logging.WARNING)
     async with aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT},

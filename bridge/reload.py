@@ -4,7 +4,8 @@ What changes at run time: ``logging`` (level, format, user IDs in the access
 log), ``well_known`` (the extras and federation delegation), ``token_cache``
 (sizes and lifetimes; live sessions are kept), and the allow-lists
 ``homeserver.admin_api_allowlist``, ``issuer.audiences`` and
-``issuer.client_ids``. Anything else that differs is logged, key by key
+``issuer.client_ids`` (:data:`RELOADABLE`, each with how it is applied).
+Anything else that differs is logged, key by key
 (never its value), as ignored until the next restart. A file with errors
 changes nothing (each error is logged). Either way the issuer's discovery
 document is fetched again.
@@ -33,16 +34,6 @@ from bridge.systemd import Notifier
 
 log = logging.getLogger("bridge.reload")
 
-# The dotted keys a reload applies (sections, or single settings).
-RELOADABLE = (
-    "logging",
-    "well_known",
-    "token_cache",
-    "homeserver.admin_api_allowlist",
-    "issuer.audiences",
-    "issuer.client_ids",
-)
-
 
 def _flat(document: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(document, dict) and not prefix.endswith("client_extra."):
@@ -64,19 +55,13 @@ def _reloadable(key: str) -> bool:
 
 def running_config(old: BridgeConfig, new: BridgeConfig) -> BridgeConfig:
     """``old`` with what a reload applies taken from ``new``."""
-    return old.model_copy(
-        update={
-            "logging": new.logging,
-            "well_known": new.well_known,
-            "token_cache": new.token_cache,
-            "homeserver": old.homeserver.model_copy(
-                update={"admin_api_allowlist": new.homeserver.admin_api_allowlist}
-            ),
-            "issuer": old.issuer.model_copy(
-                update={"audiences": new.issuer.audiences, "client_ids": new.issuer.client_ids}
-            ),
-        }
-    )
+    for key in RELOADABLE:
+        section, _, setting = key.partition(".")
+        value = getattr(new, section)
+        if setting:
+            value = getattr(old, section).model_copy(update={setting: getattr(value, setting)})
+        old = old.model_copy(update={section: value})
+    return old
 
 
 class Reloader:
@@ -131,26 +116,52 @@ class Reloader:
         applied = [key for key in changed if _reloadable(key)]
         # Said before the logging changes: at a higher level it would not be seen.
         log.info("reload: applying %s", ", ".join(applied) if applied else "nothing new")
-        self._configure_logging(new.logging)
-        live = self._app[LIVE]
-        live.well_known = new.well_known
-        live.admin_api_allowlist = new.homeserver.admin_api_allowlist
-        authenticator = self._app.get(AUTHENTICATOR)
-        if authenticator is not None:
-            authenticator.reconfigure(new.token_cache)
-            top = authenticator.verifier
-            verifiers = (
-                [top.jwt, top.introspection] if isinstance(top, JwtThenIntrospection) else [top]
-            )
-            for verifier in verifiers:
-                if isinstance(verifier, IntrospectionVerifier | JwtVerifier):
-                    verifier.rules = dataclasses.replace(
-                        verifier.rules,
-                        audiences=frozenset(new.issuer.audiences),
-                        client_ids=frozenset(new.issuer.client_ids),
-                    )
-            old = self._running.issuer
-            if (old.audiences, old.client_ids) != (new.issuer.audiences, new.issuer.client_ids):
-                # Every session was judged by the old allow-lists: judged again.
-                authenticator.cache.clear()
+        for how in dict.fromkeys(RELOADABLE.values()):  # each once, in the table's order
+            how(self, new)
         self._running = running_config(self._running, new)
+
+    # -- how each reloadable key is applied ------------------------------------------------
+
+    def _logging(self, new: BridgeConfig) -> None:
+        self._configure_logging(new.logging)
+
+    def _well_known(self, new: BridgeConfig) -> None:
+        self._app[LIVE].well_known = new.well_known
+
+    def _token_cache(self, new: BridgeConfig) -> None:
+        if (authenticator := self._app.get(AUTHENTICATOR)) is not None:
+            authenticator.reconfigure(new.token_cache)
+
+    def _admin_api_allowlist(self, new: BridgeConfig) -> None:
+        self._app[LIVE].admin_api_allowlist = new.homeserver.admin_api_allowlist
+
+    def _allow_lists(self, new: BridgeConfig) -> None:
+        """``issuer.audiences`` and ``issuer.client_ids``, in every verifier's rules."""
+        authenticator = self._app.get(AUTHENTICATOR)
+        if authenticator is None:
+            return
+        top = authenticator.verifier
+        verifiers = [top.jwt, top.introspection] if isinstance(top, JwtThenIntrospection) else [top]
+        for verifier in verifiers:
+            if isinstance(verifier, IntrospectionVerifier | JwtVerifier):
+                verifier.rules = dataclasses.replace(
+                    verifier.rules,
+                    audiences=frozenset(new.issuer.audiences),
+                    client_ids=frozenset(new.issuer.client_ids),
+                )
+        old = self._running.issuer
+        if (old.audiences, old.client_ids) != (new.issuer.audiences, new.issuer.client_ids):
+            # Every session was judged by the old allow-lists: judged again.
+            authenticator.cache.clear()
+
+
+# What a reload applies: each dotted key (a section, or one setting), and how; every
+# other key is logged as ignored until the next restart.
+RELOADABLE: dict[str, Callable[[Reloader, BridgeConfig], None]] = {
+    "logging": Reloader._logging,
+    "well_known": Reloader._well_known,
+    "token_cache": Reloader._token_cache,
+    "homeserver.admin_api_allowlist": Reloader._admin_api_allowlist,
+    "issuer.audiences": Reloader._allow_lists,
+    "issuer.client_ids": Reloader._allow_lists,
+}

@@ -429,3 +429,53 @@ def sample_count(metrics: m.Metrics, call: str) -> float:
     value = metrics.registry.get_sample_value(name, {"call": call})
     assert value is not None
     return value
+
+
+async def test_a_second_reload_of_the_same_file_applies_nothing_new(
+    issuer: FakeIssuer, homeserver: FakeHomeserver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What was applied is running (every reloadable key); what was ignored is not.
+    app = create_app(bridge_config(issuer.url, homeserver.url))
+    reloaded = bridge_config(
+        issuer.url,
+        homeserver.url,
+        {
+            "logging": {"level": "DEBUG"},
+            "token_cache": {"max_size": 7},
+            "homeserver": {"admin_api_allowlist": ["/_synapse/admin/v1/server_version"]},
+            "issuer": {"audiences": ["https://a.example.test/"], "client_ids": ["c"]},
+            "public_baseurl": "https://moved.example.test/",
+        },
+    )
+    reloader = Reloader(app, Path("unused.yaml"), Notifier(""), lambda _logging: None)
+    caplog.set_level("INFO", "bridge.reload")
+    reloader.apply(reloaded)
+    assert (
+        "reload: applying homeserver.admin_api_allowlist, issuer.audiences, issuer.client_ids, "
+        "logging.level, token_cache.max_size" in caplog.text
+    )
+    caplog.clear()
+    reloader.apply(reloaded)
+    assert "reload: applying nothing new" in caplog.text
+    assert "public_baseurl changed; ignored until the next restart" in caplog.text
+
+
+async def test_reload_keeps_the_running_public_baseurl_as_the_default_jwt_audience(
+    aiohttp_client: AiohttpClient,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # public_baseurl is not reloadable (logged as ignored): the JWT verifier's default
+    # audience, which is public_baseurl, must not follow the file either.
+    app = create_app(bridge_config(issuer.url, homeserver.url, {"issuer": {"validation": "jwt"}}))
+    bridge = await aiohttp_client(app)
+    moved = "https://moved.example.test/"
+    reloaded = bridge_config(
+        issuer.url, homeserver.url, {"issuer": {"validation": "jwt"}, "public_baseurl": moved}
+    )
+    Reloader(app, Path("unused.yaml"), Notifier(""), lambda _logging: None).apply(reloaded)
+    assert "public_baseurl changed; ignored until the next restart" in caplog.text
+    assert (await bridge.get(WHOAMI, headers=auth(issuer.sign()))).status == 200
+    moved_token = issuer.sign(issuer.access_claims(audience=moved))
+    assert (await bridge.get(WHOAMI, headers=auth(moved_token))).status == 401

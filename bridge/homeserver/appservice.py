@@ -38,10 +38,12 @@ async def call_json(
 ) -> tuple[int, dict[str, Any]]:
     """One JSON request of the bridge's own to the homeserver: (status, JSON object or {}).
 
-    ``body`` None sends no body (a GET). With ``metrics``, counted as an
-    ``appservice`` call.
+    ``body`` None sends no body (a GET); ``authorization`` "" sends no Authorization
+    header. With ``metrics``, counted as an ``appservice`` call.
     """
-    headers = {"Authorization": authorization, "User-Agent": USER_AGENT}
+    headers = {"User-Agent": USER_AGENT}
+    if authorization:
+        headers["Authorization"] = authorization
     if body is not None:
         headers["Content-Type"] = "application/json"
     if metrics is None:

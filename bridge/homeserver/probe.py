@@ -35,7 +35,13 @@ _V3 = "/_matrix/client/v3"
 
 
 class ProbeFailed(BridgeError):
-    """The homeserver could not be asked, or refused the appservice itself."""
+    """The homeserver could not be asked (``status`` None), or refused the appservice
+    itself (``status`` and ``errcode``: its answer)."""
+
+    def __init__(self, message: str, status: int | None = None, errcode: object = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.errcode = errcode
 
 
 class StrategyUnsupported(ConfigError):
@@ -88,11 +94,16 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-class _Homeserver:
+class Probe:
+    """The probe's steps, in order (``doctor`` reports each): :meth:`versions`,
+    :meth:`check_as_token`, :meth:`result`. Each raises :class:`ProbeFailed`."""
+
     def __init__(self, session: aiohttp.ClientSession, config: BridgeConfig) -> None:
         self.session = session
         self.base = config.homeserver.url
         self.server_name = config.server_name
+        self.sender_localpart = config.appservice.sender_localpart
+        self.sender = f"@{self.sender_localpart}:{self.server_name}"
         self.as_authorization = f"Bearer {config.appservice.as_token}"
         self.timeout = aiohttp.ClientTimeout(total=config.homeserver.connect_timeout + 20)
 
@@ -105,44 +116,54 @@ class _Homeserver:
         authorization: str | None = None,
         params: tuple[tuple[str, str], ...] = (),
     ) -> tuple[int, dict[str, Any]]:
-        return await call_json(
-            self.session,
-            method,
-            self.base + path,
-            authorization=authorization or self.as_authorization,
-            body=body,
-            params=params,
-            client_timeout=self.timeout,
-        )
+        try:
+            return await call_json(
+                self.session,
+                method,
+                self.base + path,
+                authorization=self.as_authorization if authorization is None else authorization,
+                body=body,
+                params=params,
+                client_timeout=self.timeout,
+            )
+        except Exception as e:
+            raise ProbeFailed(f"the homeserver could not be asked: {type(e).__name__}: {e}") from e
+
+    async def versions(self) -> tuple[str, ...] | None:
+        """The spec versions the homeserver lists (None: its answer has no list)."""
+        # Public, and asked without the as_token: Synapse refuses a wrong token even
+        # here (401), and check_as_token names that better.
+        status, answer = await self.call("GET", "/_matrix/client/versions", authorization="")
+        if status != 200:
+            raise ProbeFailed(f"GET /_matrix/client/versions answered HTTP {status}", status)
+        listed = answer.get("versions")
+        return tuple(v for v in listed if isinstance(v, str)) if isinstance(listed, list) else None
+
+    async def check_as_token(self) -> None:
+        """Whether the homeserver accepts the as_token as the appservice's sender."""
+        status, whoami = await self.call("GET", f"{_V3}/account/whoami")
+        if status != 200 or whoami.get("user_id") != self.sender:
+            errcode = whoami.get("errcode", "")
+            raise ProbeFailed(
+                f"the homeserver does not accept the bridge's as_token as {self.sender} "
+                f"(HTTP {status} {errcode}): is the registration loaded?",
+                status,
+                errcode,
+            )
+
+    async def result(self, versions: tuple[str, ...]) -> ProbeResult:
+        """What the identity strategies need, asked as the sender."""
+        login = await _appservice_login(self, self.sender_localpart)
+        creation, masquerade = await _device_masquerade(self, self.sender)
+        return ProbeResult(versions, login, creation, masquerade)
 
 
 async def probe(session: aiohttp.ClientSession, config: BridgeConfig) -> ProbeResult:
     """Ask the homeserver; :class:`ProbeFailed` if it cannot be reached or refuses the as_token."""
-    hs = _Homeserver(session, config)
-    try:
-        status, versions = await hs.call("GET", "/_matrix/client/versions")
-        if status != 200:
-            raise ProbeFailed(f"GET /_matrix/client/versions answered HTTP {status}")
-        status, whoami = await hs.call("GET", f"{_V3}/account/whoami")
-        sender = f"@{config.appservice.sender_localpart}:{config.server_name}"
-        if status != 200 or whoami.get("user_id") != sender:
-            raise ProbeFailed(
-                f"the homeserver does not accept the bridge's as_token as {sender} "
-                f"(HTTP {status} {whoami.get('errcode', '')}): is the registration loaded?"
-            )
-        login = await _appservice_login(hs, config.appservice.sender_localpart)
-        creation, masquerade = await _device_masquerade(hs, sender)
-    except Exception as e:
-        if isinstance(e, ProbeFailed):
-            raise
-        raise ProbeFailed(f"the homeserver could not be asked: {type(e).__name__}: {e}") from e
-    listed = versions.get("versions")
-    return ProbeResult(
-        versions=tuple(v for v in listed if isinstance(v, str)) if isinstance(listed, list) else (),
-        appservice_login=login,
-        device_creation=creation,
-        device_masquerade=masquerade,
-    )
+    steps = Probe(session, config)
+    versions = await steps.versions()
+    await steps.check_as_token()
+    return await steps.result(versions or ())
 
 
 def _probe_device() -> str:
@@ -151,7 +172,7 @@ def _probe_device() -> str:
     return "BRIDGEPROBE" + secrets.token_hex(6).upper()
 
 
-async def _appservice_login(hs: _Homeserver, sender_localpart: str) -> bool:
+async def _appservice_login(hs: Probe, sender_localpart: str) -> bool:
     device_id = _probe_device()
     status, answer = await hs.call(
         "POST",
@@ -180,7 +201,7 @@ async def _appservice_login(hs: _Homeserver, sender_localpart: str) -> bool:
     return answer.get("device_id") == device_id
 
 
-async def _device_masquerade(hs: _Homeserver, sender: str) -> tuple[bool, bool]:
+async def _device_masquerade(hs: Probe, sender: str) -> tuple[bool, bool]:
     device_id = _probe_device()
     path = f"{_V3}/devices/{quote(device_id, safe='')}"
     status, _ = await hs.call("PUT", path, {}, params=(("user_id", sender),))

@@ -31,6 +31,22 @@ def discovery_url(issuer: str) -> str:
     return issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
+class DiscoveryFailed(IssuerUnavailable):
+    """The document was not kept; ``answered``: the HTTP status, if an answer came."""
+
+    def __init__(self, message: str, answered: int | None = None) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class IssuerMismatch(DiscoveryFailed):
+    """The document names another issuer (``named``)."""
+
+    def __init__(self, named: object, configured: str) -> None:
+        super().__init__(f"Discovery document names issuer {named!r}, configured {configured!r}")
+        self.named = named
+
+
 @dataclass(frozen=True)
 class Metadata:
     """One validated discovery document."""
@@ -87,12 +103,13 @@ class IssuerMetadata:
                 async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
                     call.status = resp.status
                     if resp.status != 200:
-                        raise IssuerUnavailable(f"Discovery answered HTTP {resp.status}")
+                        raise DiscoveryFailed(f"Discovery answered HTTP {resp.status}", resp.status)
                     document = await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                raise IssuerUnavailable(f"Discovery failed: {type(e).__name__}") from e
+                answered = call.status or None
+                raise DiscoveryFailed(f"Discovery failed: {type(e).__name__}", answered) from e
             if not isinstance(document, dict):
-                raise IssuerUnavailable("Discovery document is not a JSON object")
+                raise DiscoveryFailed("Discovery document is not a JSON object", call.status)
         if document.get("issuer") != self._config.issuer:
             # A mismatch means a misconfiguration or a mix-up attack (RFC 8414 §3.3):
             # what was trusted before is not any more. Tokens validated already keep
@@ -100,10 +117,7 @@ class IssuerMetadata:
             if self.current is not None:
                 log.error("the issuer's discovery document now names another issuer")
             self.current = None
-            raise IssuerUnavailable(
-                f"Discovery document names issuer {document.get('issuer')!r}, "
-                f"configured {self._config.issuer!r}"
-            )
+            raise IssuerMismatch(document.get("issuer"), self._config.issuer)
         metadata = Metadata(document, json.dumps(document).encode())
         self.current = metadata
         self.fetched_at = time.monotonic()

@@ -667,6 +667,26 @@ def test_probe_reports_what_the_homeserver_allows(
         ], result
 
 
+def test_probe_names_an_as_token_the_homeserver_refuses(
+    synapse: SynapseServer, issuer: TestIssuer, appservice: AppserviceConfig, tmp_path: Path
+) -> None:
+    # /versions is public, but Synapse refuses a wrong token even there (401): the
+    # probe must ask it without the as_token, so as to name the as_token itself.
+    wrong = appservice.model_copy(update={"as_token": "not-the-as-token"})
+    config = write_config(
+        tmp_path / "bridge.yaml",
+        issuer=issuer,
+        homeserver_url=synapse.base_url,
+        appservice=wrong,
+        strategy="masquerade",
+    )
+    result = run_bridge("probe", "-c", str(config))
+    assert result.returncode == 1, result
+    assert "does not accept the bridge's as_token" in result.stderr, result
+    assert "is the registration loaded?" in result.stderr, result
+    assert "not-the-as-token" not in result.stdout + result.stderr
+
+
 def test_serve_refuses_masquerade_in_front_of_dendrite(
     dendrite: DendriteServer,
     issuer: TestIssuer,
