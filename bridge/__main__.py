@@ -119,27 +119,24 @@ def _serve_worker(config_path: Path, config: BridgeConfig, channel_fd: int) -> i
     """A worker: its own application, on sockets shared with the others (SO_REUSEPORT)."""
     configure = functools.partial(logs.configure, with_pid=True)
     configure(config.logging)
-    listeners = [(config.listen.host, config.listen.port)]
+    public: list[socket.socket] = []
+    ops_sockets: list[socket.socket] = []
+    listeners = [(config.listen.host, config.listen.port, public)]
     if (extra := config.issuer.provisioning_listen) is not None:
-        listeners.append((extra.host, extra.port))
+        listeners.append((extra.host, extra.port, public))
     if config.ops.enabled:
-        listeners.append((config.ops.host, config.ops.port))
-    sockets: list[socket.socket] = []
-    for host, port in listeners:
+        listeners.append((config.ops.host, config.ops.port, ops_sockets))
+    for host, port, bound in listeners:
         try:
-            sockets += reuseport_sockets(host, port)
+            bound += reuseport_sockets(host, port)
         except OSError as e:
             log.error("cannot listen on %s port %d: %s", host, port, e.strerror or e)
-            for sock in sockets:
+            for sock in public + ops_sockets:
                 sock.close()
             return 1
-    ops_sockets = [
-        s for s in sockets if config.ops.enabled and s.getsockname()[1] == config.ops.port
-    ]
-    public = [s for s in sockets if s not in ops_sockets]
     app = create_app(config)
     # Last, so that "ready" means every other startup hook has run.
-    app.cleanup_ctx.append(worker_channel(channel_fd, sockets))
+    app.cleanup_ctx.append(worker_channel(channel_fd, public + ops_sockets))
     serve.run(
         app,
         config_path=config_path,

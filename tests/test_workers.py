@@ -305,3 +305,30 @@ def test_a_worker_that_never_gets_ready_is_killed_as_a_failed_start(
     assert time.monotonic() - started < 10
     assert caplog.text.count("not ready after 0s: killing it") == 3
     assert "3 failed starts in a row" in caplog.text
+
+
+async def test_ops_on_the_public_port_of_another_address_is_still_the_ops_listener(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """Each worker's sockets are told apart by the listener they were bound for, not
+    by port: ops on [::1]:P and the public listener on 127.0.0.1:P stay apart."""
+    port = free_port()
+    document = _document(issuer.url, homeserver.url, port, workers=2)
+    document["ops"] = {"enabled": True, "host": "::1", "port": port}
+    served = Served(tmp_path, document, processes)
+    served.start(INFO)
+    await until(lambda: len(served.ready()) == 2, "two workers ready")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://[::1]:{port}/health") as resp:
+            assert resp.status == 200, await resp.text()
+        async with session.get(f"http://[::1]:{port}{WHOAMI}") as resp:
+            assert resp.status == 404  # the ops listener serves no client API
+        async with session.get(
+            served.base + WHOAMI, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        async with session.get(served.base + "/health") as resp:
+            assert resp.status != 200  # nor the public one /health
