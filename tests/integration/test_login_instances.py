@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -49,39 +50,44 @@ async def _whoami(http: aiohttp.ClientSession, base: str, token: str) -> tuple[i
         return resp.status, await resp.json()
 
 
-async def _two_instances(
+# Start instances "one" and "two" on one PostgreSQL store, behind one public name
+# (``deaf``: "two" does not follow logouts); gives that name, and each one's own URL.
+TwoInstances = Callable[..., Awaitable[tuple[str, str, str]]]
+
+
+@pytest.fixture
+def two_instances(
     start_serve: StartServe,
-    *,
-    deaf: bool,
     postgres_server: PostgresServer,
     issuer: TestIssuer,
     synapse: SynapseServer,
-    appservice: AppserviceConfig,
+    device_login_appservice: AppserviceConfig,
     http: aiohttp.ClientSession,
-) -> tuple[str, str, str]:
-    """Instances "one" and "two" on one PostgreSQL store, behind one public name
-    (``deaf``: "two" does not follow logouts): that name, and each one's own URL."""
-    store = await new_postgres_store(postgres_server)
-    ports = [free_port(), free_port()]
-    one_base = f"http://127.0.0.1:{ports[0]}/"
-    client = await register_login_client(http, issuer, one_base)
-    served = []
-    for name, port in zip(("one", "two"), ports, strict=True):
-        document = served_bridge_document(
-            issuer=issuer,
-            homeserver_url=synapse.base_url,
-            appservice=appservice,
-            port=port,
-            strategy="device_login",
-            store=store,
-            login=login_section(client),
-        )
-        document["public_baseurl"] = one_base  # one public name behind a load balancer
-        code = DEAF if deaf and name == "two" else None
-        served.append(start_serve(name, document, port, code=code))
-    await asyncio.gather(*(asyncio.to_thread(s.wait_ready) for s in served))
-    one, two = (s.base for s in served)
-    return one_base, one, two
+) -> TwoInstances:
+    async def start(*, deaf: bool = False) -> tuple[str, str, str]:
+        store = await new_postgres_store(postgres_server)
+        ports = [free_port(), free_port()]
+        one_base = f"http://127.0.0.1:{ports[0]}/"
+        client = await register_login_client(http, issuer, one_base)
+        served = []
+        for name, port in zip(("one", "two"), ports, strict=True):
+            document = served_bridge_document(
+                issuer=issuer,
+                homeserver_url=synapse.base_url,
+                appservice=device_login_appservice,
+                port=port,
+                strategy="device_login",
+                store=store,
+                login=login_section(client),
+            )
+            document["public_baseurl"] = one_base  # one public name behind a load balancer
+            code = DEAF if deaf and name == "two" else None
+            served.append(start_serve(name, document, port, code=code))
+        await asyncio.gather(*(asyncio.to_thread(s.wait_ready) for s in served))
+        one, two = (s.base for s in served)
+        return one_base, one, two
+
+    return start
 
 
 async def _refused_within_a_second(http: aiohttp.ClientSession, base: str, token: str) -> float:
@@ -102,23 +108,9 @@ async def _refused_within_a_second(http: aiohttp.ClientSession, base: str, token
 
 @pytest.mark.parametrize("deaf", [False, True], ids=["listening", "control-deaf"])
 async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
-    start_serve: StartServe,
-    deaf: bool,
-    postgres_server: PostgresServer,
-    issuer: TestIssuer,
-    synapse: SynapseServer,
-    device_login_appservice: AppserviceConfig,
-    http: aiohttp.ClientSession,
+    two_instances: TwoInstances, deaf: bool, http: aiohttp.ClientSession
 ) -> None:
-    one_base, one, two = await _two_instances(
-        start_serve,
-        deaf=deaf,
-        postgres_server=postgres_server,
-        issuer=issuer,
-        synapse=synapse,
-        appservice=device_login_appservice,
-        http=http,
-    )
+    one_base, one, two = await two_instances(deaf=deaf)
 
     person = HttpBrowser()
     try:
@@ -149,24 +141,11 @@ async def test_logout_on_one_instance_is_refused_by_the_other_within_a_second(
 
 
 async def test_a_device_less_tokens_logout_reaches_the_other_instance_and_ends_it_alone(
-    start_serve: StartServe,
-    postgres_server: PostgresServer,
-    issuer: TestIssuer,
-    synapse: SynapseServer,
-    device_login_appservice: AppserviceConfig,
-    http: aiohttp.ClientSession,
+    two_instances: TwoInstances, issuer: TestIssuer, http: aiohttp.ClientSession
 ) -> None:
     """A token with the API scope alone has no device whose moment could end it: its
     logout names the token itself, and the user's other device-less token lives on."""
-    _, one, two = await _two_instances(
-        start_serve,
-        deaf=False,
-        postgres_server=postgres_server,
-        issuer=issuer,
-        synapse=synapse,
-        appservice=device_login_appservice,
-        http=http,
-    )
+    _, one, two = await two_instances()
     name = new_localpart("jay")
     ended, kept = [
         (await obtain_token(http, issuer.url, username=name, device_id=None)).access_token
