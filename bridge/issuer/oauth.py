@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,8 +222,11 @@ def _token_response(answer: dict[str, Any]) -> TokenResponse:
     return TokenResponse(
         access_token=access_token,
         refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+        # Python's JSON reads Infinity and NaN, which int() refuses.
         expires_in=int(expires_in)
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+        if isinstance(expires_in, int | float)
+        and not isinstance(expires_in, bool)
+        and math.isfinite(expires_in)
         else None,
         id_token=id_token if isinstance(id_token, str) else None,
         scope=scope if isinstance(scope, str) else None,
