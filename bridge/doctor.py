@@ -311,12 +311,16 @@ async def doctor_cli(config_path: Path, out: TextIO | None = None) -> int:
         return EXIT_CONFIG
     print(f"{PASS} config {config_path}: valid", file=out)
     # The probe's calls log a homeserver they cannot reach: the checks say so already.
-    logging.disable(logging.WARNING)
-    async with aiohttp.ClientSession(
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": USER_AGENT},
-        timeout=aiohttp.ClientTimeout(total=15),
-    ) as session:
-        doctor = Doctor(config, session, out)
-        await doctor.run()
+    homeserver_log = logging.getLogger("bridge.homeserver")
+    was_disabled, homeserver_log.disabled = homeserver_log.disabled, True
+    try:
+        async with aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+            timeout=aiohttp.ClientTimeout(total=15),
+        ) as session:
+            doctor = Doctor(config, session, out)
+            await doctor.run()
+    finally:
+        homeserver_log.disabled = was_disabled
     return EXIT_FAILED if doctor.failed else 0
