@@ -295,13 +295,17 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
 
 
 def _forget_sessions(authenticator: CachedAuthenticator, kids: set[str | None]) -> None:
-    """The issuer no longer publishes some keys: sessions they verified are validated
-    again (the cache does not know which key verified which session, and the event is
-    rare), so that a retired key stops working at once, not when entries expire."""
+    """The issuer no longer publishes some keys (or publishes other material under
+    their kid): the sessions they verified are validated again, so that a retired key
+    stops working at once, not when entries expire. Sessions of other keys, and
+    those the issuer vouched for by introspection, are kept."""
+    names = {kid or "" for kid in kids}
+    dropped = authenticator.cache.forget_signed_by(names)
     log.info(
-        "issuer keys %s are no longer published; cached sessions dropped", sorted(map(str, kids))
+        "issuer keys %s are no longer published; %d cached session(s) dropped",
+        sorted(names),
+        dropped,
     )
-    authenticator.cache.clear()
 
 
 def _drop_cached_sessions(app: web.Application, user_id: str, device_id: str | None) -> None:

@@ -49,8 +49,9 @@ from bridge.singleflight import SingleFlight
 log = logging.getLogger("bridge.auth")
 
 # identity, fresh until, usable until (both time.monotonic()), the token's exp
-# (Unix time) or None. A tuple: the hit path reads it by index, cheaply.
-_Session: TypeAlias = tuple[Identity, float, float, float | None]
+# (Unix time) or None, the kid of the key that verified it (Verdict.key_id). A
+# tuple: the hit path reads it by index, cheaply.
+_Session: TypeAlias = tuple[Identity, float, float, float | None, str | None]
 
 
 def cache_namespace(validation: str, issuer: str) -> bytes:
@@ -95,9 +96,9 @@ class TokenCache:
         while len(self.sessions) > config.max_size:
             self.sessions.popitem(last=False)
         latest = time.monotonic() + config.max_ttl
-        for key, (identity, fresh, usable, exp) in list(self.sessions.items()):
+        for key, (identity, fresh, usable, exp, key_id) in list(self.sessions.items()):
             if fresh > latest:
-                self.sessions[key] = (identity, latest, max(usable, latest), exp)
+                self.sessions[key] = (identity, latest, max(usable, latest), exp, key_id)
         self.refused.clear()
         self._reindex()
 
@@ -120,7 +121,13 @@ class TokenCache:
             return
         fresh_until = now + ttl
         usable_until = fresh_until if usable is None else now + usable
-        self.sessions[key] = (identity, fresh_until, usable_until, verdict.expires_at)
+        self.sessions[key] = (
+            identity,
+            fresh_until,
+            usable_until,
+            verdict.expires_at,
+            verdict.key_id,
+        )
         self.sessions.move_to_end(key)
         if len(self.sessions) > config.max_size:
             _, pushed_out = self.sessions.popitem(last=False)
@@ -156,6 +163,15 @@ class TokenCache:
         if devices is not None and not devices:
             del self._index[user_id]
         return self._drop(keys)
+
+    def forget_signed_by(self, key_ids: set[str]) -> int:
+        """Drop every session a JWT signed with one of these keys opened (the issuer
+        no longer publishes them); how many there were."""
+        self.generation += 1
+        gone = [key for key, session in self.sessions.items() if session[4] in key_ids]
+        for key in gone:
+            del self.sessions[key]
+        return len(gone)
 
     def forget_user(self, user_id: str) -> int:
         self.generation += 1
@@ -310,7 +326,7 @@ class CachedAuthenticator:
                 raise
             # Ask again after the issuer's own Retry-After, never past exp.
             retry = min(now + float(e.headers.get("Retry-After", "5")), stale[2])
-            self._sessions[key] = (stale[0], retry, stale[2], stale[3])
+            self._sessions[key] = (stale[0], retry, stale[2], stale[3], stale[4])
             self.stale_hits += 1
             return Verdict(stale[0], expires_at=stale[3])
         log.debug("token judged by the issuer: %s", verdict.outcome)

@@ -162,4 +162,4 @@ class JwtVerifier:
         exp = float(claims["exp"])
         if exp <= time.time() - self.rules.leeway:
             return Verdict(None, "Token has expired", soft_logout=True, outcome="expired")
-        return self.rules.identify(claims, exp)
+        return self.rules.identify(claims, exp, key.key_id or "")

@@ -45,6 +45,9 @@ class Verdict:
     forbidden: bool = False
     soft_logout: bool = False
     outcome: str = "valid"
+    # The ``kid`` of the issuer's key that verified a JWT ("" for a key without one);
+    # None for a token the issuer vouched for by introspection.
+    key_id: str | None = None
 
     def identity_or_raise(self) -> Identity:
         if self.identity is None:
@@ -107,8 +110,11 @@ class ClaimRules:
             return Verdict(None, "Token is not meant for this homeserver", outcome="wrong_audience")
         return self.identify(claims, expires_at)
 
-    def identify(self, claims: Mapping[str, object], expires_at: float | None) -> Verdict:
-        """The verdict on the identity part of claims already checked for time and origin."""
+    def identify(
+        self, claims: Mapping[str, object], expires_at: float | None, key_id: str | None = None
+    ) -> Verdict:
+        """The verdict on the identity part of claims already checked for time and origin
+        (``key_id``: as :attr:`Verdict.key_id`)."""
         if self.client_ids and claims.get("client_id") not in self.client_ids:
             return Verdict(
                 None,
@@ -139,7 +145,7 @@ class ClaimRules:
                 forbidden=True,
                 outcome="foreign_namespace",
             )
-        return Verdict(identity, expires_at=expires_at)
+        return Verdict(identity, expires_at=expires_at, key_id=key_id)
 
 
 @functools.lru_cache(maxsize=4)

@@ -110,8 +110,9 @@ class SigningKeys:
         self._failure: IssuerUnavailable | None = None
         self._unknown: OrderedDict[str | None, float] = OrderedDict()
         self._flight: SingleFlight[str, None] = SingleFlight()
-        # Told when a fetch finds keys gone that were held: what they verified may
-        # no longer be trusted (a retired or compromised key).
+        # Told when a fetch finds keys gone that were held (a kid no longer published,
+        # or other material under it): what they verified may no longer be trusted
+        # (a retired or compromised key).
         self.on_unpublished: Callable[[set[str | None]], None] | None = None
 
     @property
@@ -221,7 +222,8 @@ class SigningKeys:
             self._failure = e
             raise
         self._failure = None
-        gone = set(self._keys) - set(keys)
+        # Gone: a kid no longer published, or published with other key material.
+        gone = {kid for kid, held in self._keys.items() if keys.get(kid) != held}
         self._keys = keys
         self._built = {}
         self.loaded = True

@@ -28,12 +28,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from bridge.state import SIGNING_KEYS
+from bridge.state import AUTHENTICATOR, SIGNING_KEYS
 from tests.fakes import (
     BridgeClient,
     FakeHomeserver,
     FakeIssuer,
     SigningKey,
+    active_claims,
     bearer,
     bridge_config,
     start_bridge,
@@ -471,9 +472,10 @@ async def test_a_session_cached_under_a_key_no_longer_published_is_refused_at_on
     bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver
 ) -> None:
     """A retired (maybe compromised) key stops working when the JWKS refresh finds it
-    gone, not when the cache entries it verified expire."""
-    retired = issuer.sign()
-    assert (await bridge.get(WHOAMI, headers=bearer(retired))).status == 200
+    gone, not when the cache entries it verified expire; the others' stay cached."""
+    retired, kept = issuer.sign(), issuer.sign(alg="ES256")
+    for token in (retired, kept):
+        assert (await bridge.get(WHOAMI, headers=bearer(token))).status == 200
     issuer.rotate("RS256")
     issuer.keys = [k for k in issuer.keys if k.kid != "rs-1"]
     await bridge.app[SIGNING_KEYS].fetch()  # as the background refresh does
@@ -483,3 +485,41 @@ async def test_a_session_cached_under_a_key_no_longer_published_is_refused_at_on
     assert (await resp.json())["error"] == UNPUBLISHED_KEY
     assert len(homeserver.requests) == forwarded
     assert (await bridge.get(WHOAMI, headers=bearer(issuer.sign()))).status == 200
+    assert len(bridge.app[AUTHENTICATOR]) == 2  # the ES256 session, and the new one
+    assert (await bridge.get(WHOAMI, headers=bearer(kept))).status == 200
+
+
+async def test_other_key_material_under_a_published_kid_ends_the_old_keys_sessions(
+    bridge: BridgeClient, issuer: FakeIssuer
+) -> None:
+    """A compromised key replaced under the same kid is as gone as an unpublished one."""
+    old = issuer.sign()
+    assert (await bridge.get(WHOAMI, headers=bearer(old))).status == 200
+    issuer.keys = [
+        SigningKey.make("RS256", "rs-1", n=3) if k.kid == "rs-1" else k for k in issuer.keys
+    ]
+    await bridge.app[SIGNING_KEYS].fetch()
+    resp = await bridge.get(WHOAMI, headers=bearer(old))
+    assert resp.status == 401
+    assert (await resp.json())["error"] == BAD_SIGNATURE
+    assert (await bridge.get(WHOAMI, headers=bearer(issuer.sign()))).status == 200
+
+
+async def test_a_retired_key_leaves_introspected_sessions_cached(
+    aiohttp_client: AiohttpClient, issuer: FakeIssuer, homeserver: FakeHomeserver
+) -> None:
+    """jwt_then_introspection: what the issuer vouched for by introspection does not
+    depend on its keys, and is not asked about again when one is retired."""
+    config = bridge_config(
+        issuer.url, homeserver.url, {"issuer": {"validation": "jwt_then_introspection"}}
+    )
+    bridge = await start_bridge(aiohttp_client, config)
+    issuer.tokens["opaque"] = active_claims("bob", "DEVB")
+    retired = issuer.sign()
+    for token in ("opaque", retired):
+        assert (await bridge.get(WHOAMI, headers=bearer(token))).status == 200
+    issuer.keys = [k for k in issuer.keys if k.kid != "rs-1"]
+    await bridge.app[SIGNING_KEYS].fetch()
+    assert (await bridge.get(WHOAMI, headers=bearer(retired))).status == 401
+    assert (await bridge.get(WHOAMI, headers=bearer("opaque"))).status == 200
+    assert len(issuer.introspections) == 1
