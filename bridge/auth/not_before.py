@@ -8,8 +8,11 @@ a logout holds on the very next request, even where the issuer could not
 revoke the token (a JWT access token, or another client's token).
 
 ``/logout`` with a device-less token (the API scope alone) ends that token
-only: its moment names the token by digest, not a device, and refuses it
-whenever it was issued, leaving the user's other device-less tokens alone.
+only: its moment names the token by digest, and refuses it whenever it was
+issued, leaving the user's other device-less tokens alone. Its device is
+:data:`TOKEN_MOMENT_DEVICE`, which no device ID can be: a bridge of an
+older version sharing the store (a rolling upgrade) reads it as the logout
+of a device nobody has, never as one of the whole user.
 
 The check is on every authenticated request, so it is two dict lookups in
 memory (:meth:`LogoutMoments.refuses`), never a store query. The moments are
@@ -38,6 +41,8 @@ log = logging.getLogger("bridge.auth")
 
 # Told of each moment applied: (user_id, device_id or None for every device).
 OnLogout = Callable[[str, str | None], None]
+# The device of a moment that names one device-less token (outside DEVICE_ID's set).
+TOKEN_MOMENT_DEVICE = "<one device-less token>"  # noqa: S105 (a placeholder, no secret)
 
 
 class LogoutMoments:

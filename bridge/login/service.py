@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import API_SCOPE, DeviceID, Identity, UserID, device_scope
-from bridge.auth.not_before import LogoutMoments, now_moment
+from bridge.auth.not_before import TOKEN_MOMENT_DEVICE, LogoutMoments, now_moment
 from bridge.config import BridgeConfig, LoginConfig
 from bridge.errors import MatrixError
 from bridge.homeserver.appservice import AppserviceClient
@@ -202,9 +202,10 @@ class LoginLayer:
     async def end_token(self, user_id: str, access_token: str) -> None:
         """``/logout`` with a device-less token: nothing on the homeserver to end, so the
         token is revoked and refused from now on, by every instance, whatever its
-        ``iat`` (a JWT access token cannot be revoked at the issuer)."""
+        ``iat`` (a JWT access token cannot be revoked at the issuer). The moment first,
+        so that no instance serves the token while the issuer is slow to revoke it."""
+        await self._record(user_id, TOKEN_MOMENT_DEVICE, digest(access_token))
         await self.oauth.revoke(access_token, "access_token")
-        await self._record(user_id, None, digest(access_token))
 
     async def _end_sessions(self, user_id: str, device_id: str | None) -> list[str]:
         """Steps 1 and 2 for the device (or user): its sessions taken out of the store

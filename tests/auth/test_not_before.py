@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bridge.auth.identity import DeviceID, Identity, UserID
-from bridge.auth.not_before import LogoutMoments
+from bridge.auth.identity import DEVICE_ID, DeviceID, Identity, UserID
+from bridge.auth.not_before import TOKEN_MOMENT_DEVICE, LogoutMoments
 from bridge.store import LogoutMoment
 from bridge.store.records import digest
 
@@ -74,7 +74,7 @@ def test_prune() -> None:
 def test_a_token_moment_refuses_that_device_less_token_only_whenever_issued() -> None:
     told: list[tuple[str, str | None]] = []
     moments = LogoutMoments(on_logout=lambda user, device: told.append((user, device)))
-    moments.apply([LogoutMoment(1, ALICE, None, 1000, digest("ended"))])
+    moments.apply([LogoutMoment(1, ALICE, TOKEN_MOMENT_DEVICE, 1000, digest("ended"))])
     assert moments.refuses(*token(None, 5000, bearer="ended"))  # issued after: still ended
     assert moments.refuses(*token(None, None, bearer="ended"))
     assert not moments.refuses(*token(None, 500, bearer="another"))  # the user's other tokens
@@ -84,3 +84,12 @@ def test_a_token_moment_refuses_that_device_less_token_only_whenever_issued() ->
     moments.prune(2000)
     assert not moments.refuses(*token(None, 5000, bearer="ended"))
     assert len(moments) == 0
+
+
+def test_a_bridge_that_knows_no_token_moments_reads_one_as_a_device_nobody_has() -> None:
+    """A rolling upgrade: an older bridge sees the moment's row without its digest."""
+    assert not DEVICE_ID.fullmatch(TOKEN_MOMENT_DEVICE)
+    older = LogoutMoments()
+    older.apply([LogoutMoment(1, ALICE, TOKEN_MOMENT_DEVICE, 1000)])
+    assert not older.refuses(*token("DEVA", 500))
+    assert not older.refuses(*token(None, 500))
