@@ -99,32 +99,38 @@ def main() -> int:
         appservice, DEMO_DIR / "registration.yaml", strategy="device_login"
     )
 
-    print("starting the OIDC issuer (oidc-provider) ...", flush=True)
-    issuer = start_issuer()
-    print("starting Synapse ...", flush=True)
-    synapse = start_synapse(
-        workdir=DEMO_DIR / "synapse", registration_files=[registration], server_name=SERVER_NAME
-    )
-    bridge_port = free_port()
-    bridge_url = f"http://127.0.0.1:{bridge_port}/"
-    document = served_bridge_document(
-        issuer=issuer,
-        homeserver_url=synapse.base_url,
-        appservice=appservice,
-        port=bridge_port,
-        strategy="device_login",
-        store_path=DEMO_DIR / "bridge.db",
-    )
-    document["login"] = asyncio.run(register_bridge_at(issuer, bridge_url))
-    config_path = DEMO_DIR / "bridge.yaml"
-    config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-    print("starting the bridge ...", flush=True)
-    bridge = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "-c", str(config_path)],
-        stdout=(DEMO_DIR / "bridge.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with contextlib.ExitStack() as stack:  # whatever started is stopped, however it ends
+        print("starting the OIDC issuer (oidc-provider) ...", flush=True)
+        issuer = start_issuer()
+        stack.callback(issuer.stop)
+        print("starting Synapse ...", flush=True)
+        synapse = start_synapse(
+            workdir=DEMO_DIR / "synapse",
+            registration_files=[registration],
+            server_name=SERVER_NAME,
+        )
+        stack.callback(synapse.stop)
+        bridge_port = free_port()
+        bridge_url = f"http://127.0.0.1:{bridge_port}/"
+        document = served_bridge_document(
+            issuer=issuer,
+            homeserver_url=synapse.base_url,
+            appservice=appservice,
+            port=bridge_port,
+            strategy="device_login",
+            store_path=DEMO_DIR / "bridge.db",
+        )
+        document["login"] = asyncio.run(register_bridge_at(issuer, bridge_url))
+        config_path = DEMO_DIR / "bridge.yaml"
+        config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        print("starting the bridge ...", flush=True)
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "serve", "-c", str(config_path)],
+            stdout=(DEMO_DIR / "bridge.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(bridge.wait, timeout=15)
+        stack.callback(bridge.terminate)
         wait_http(bridge_url + ".well-known/matrix/client", is_alive=lambda: bridge.poll() is None)
         native = asyncio.run(login_and_whoami(issuer.url, bridge_url))
         print("\nlogged in as 'demo' through the issuer; whoami through the bridge says:")
@@ -141,11 +147,6 @@ def main() -> int:
                 signal.signal(signal.SIGTERM, signal.default_int_handler)
                 while True:
                     time.sleep(3600)
-    finally:
-        bridge.terminate()
-        bridge.wait(timeout=15)
-        synapse.stop()
-        issuer.stop()
     return 0
 
 
