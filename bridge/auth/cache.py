@@ -152,9 +152,11 @@ class TokenCache:
         self.refused.clear()
         self._reindex()
 
-    def forget(self, key: bytes) -> None:
-        self.sessions.pop(key, None)
+    def forget(self, key: bytes) -> float | None:
+        """Drop the key's session and refusal; the session's token's exp, where known."""
         self.refused.pop(key, None)
+        session = self.sessions.pop(key, None)
+        return None if session is None else session[3]
 
     def forget_device(self, user_id: str, device_id: str | None) -> int:
         self.generation += 1
@@ -300,9 +302,10 @@ class CachedAuthenticator:
         verdict = await self._inflight.run(key, lambda: self._validate(key, token))
         return verdict.identity_or_raise()
 
-    def forget(self, token: str) -> None:
-        """Drop a token (e.g. after logout) so its next use asks the issuer again."""
-        self.cache.forget(self.key(token))
+    def forget(self, token: str) -> float | None:
+        """Drop a token (e.g. after logout) so its next use asks the issuer again; its
+        ``exp`` (Unix time), where the cache knew it."""
+        return self.cache.forget(self.key(token))
 
     def forget_device(self, user_id: str, device_id: str | None) -> int:
         """Drop every cached session of the device; how many there were."""

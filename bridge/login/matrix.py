@@ -214,8 +214,8 @@ async def logout(request: web.Request) -> web.Response:
     token, identity = await _logged_in(request)
     if identity.device_id is None:
         # A device-less token (the API scope alone): nothing on the homeserver to end.
-        await request.app[LOGIN].end_token(identity.user_id, token)
-        request.app[AUTHENTICATOR].forget(token)
+        expires_at = request.app[AUTHENTICATOR].forget(token)
+        await request.app[LOGIN].end_token(identity.user_id, token, expires_at)
         return web.json_response({})
     await request.app[LOGIN].end_device(identity.user_id, identity.device_id, token)
     return web.json_response({})

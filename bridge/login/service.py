@@ -194,17 +194,29 @@ class LoginLayer:
     # -- ending sessions ---------------------------------------------------------------
 
     async def _record(
-        self, user_id: str, device_id: str | None, token_hash: str | None = None
+        self,
+        user_id: str,
+        device_id: str | None,
+        token_hash: str | None = None,
+        moment: int | None = None,
     ) -> None:
-        moment = await self.store.add_logout_moment(user_id, device_id, now_moment(), token_hash)
-        self.moments.apply([moment])
+        when = now_moment() if moment is None else moment
+        recorded = await self.store.add_logout_moment(user_id, device_id, when, token_hash)
+        self.moments.apply([recorded])
 
-    async def end_token(self, user_id: str, access_token: str) -> None:
+    async def end_token(
+        self, user_id: str, access_token: str, expires_at: float | None = None
+    ) -> None:
         """``/logout`` with a device-less token: nothing on the homeserver to end, so the
         token is revoked and refused from now on, by every instance, whatever its
         ``iat`` (a JWT access token cannot be revoked at the issuer). The moment first,
-        so that no instance serves the token while the issuer is slow to revoke it."""
-        await self._record(user_id, TOKEN_MOMENT_DEVICE, digest(access_token))
+        so that no instance serves the token while the issuer is slow to revoke it.
+
+        The moment is dated at the token's ``exp`` where known (not before now), so
+        that it is kept, as every moment is, ``login.logout_retention`` past that:
+        a token living longer than the retention cannot come back."""
+        moment = now_moment() if expires_at is None else max(now_moment(), int(expires_at))
+        await self._record(user_id, TOKEN_MOMENT_DEVICE, digest(access_token), moment)
         await self.oauth.revoke(access_token, "access_token")
 
     async def _end_sessions(self, user_id: str, device_id: str | None) -> list[str]:

@@ -41,8 +41,8 @@ class LogoutMoment:
     ``not_before`` (Unix seconds, compared with ``iat``) are refused.
 
     With ``token_hash`` (the :func:`digest` of one device-less token), only that
-    token is refused, whenever it was issued; ``not_before`` is then when it was
-    logged out (for the retention sweep).
+    token is refused, whenever it was issued; ``not_before`` is then the later of
+    its logout and its ``exp`` (for the retention sweep).
     """
 
     seq: int

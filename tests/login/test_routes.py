@@ -13,6 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from bridge.state import STORE
 from tests.fakes import BridgeClient, FakeHomeserver, FakeIssuer, bridge_config, start_bridge
 
 V3 = "/_matrix/client/v3"
@@ -126,7 +127,8 @@ async def test_a_device_less_jwts_logout_ends_it_for_good_and_it_alone(
         {"store": store, "login": {}, "issuer": {"validation": "jwt"}},
     )
     bridge = await start_bridge(aiohttp_client, config)
-    ended, kept = (issuer.sign(issuer.access_claims(device_id=None)) for _ in range(2))
+    claims = issuer.access_claims(device_id=None, lifetime=30 * 86400)  # beyond retention
+    ended, kept = issuer.sign(claims), issuer.sign(issuer.access_claims(device_id=None))
     for token in (ended, kept):
         resp = await bridge.get(
             f"{V3}/account/whoami", headers={"Authorization": f"Bearer {token}"}
@@ -142,3 +144,6 @@ async def test_a_device_less_jwts_logout_ends_it_for_good_and_it_alone(
     assert len(homeserver.client_requests) == forwarded
     resp = await bridge.get(f"{V3}/account/whoami", headers={"Authorization": f"Bearer {kept}"})
     assert resp.status == 200
+    # Dated at the token's exp: kept login.logout_retention past it, as long as it lives.
+    (moment,) = await bridge.app[STORE].logout_moments_since(0)
+    assert moment.not_before == claims["exp"]
