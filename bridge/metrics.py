@@ -353,6 +353,18 @@ def exposition(metrics: Metrics) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+def stalest_issuer_fetch() -> float | None:
+    """With several workers: when the worker whose discovery document is oldest last
+    fetched it (Unix time; 0: one never has), from the multiprocess directory. None
+    in a single process."""
+    if multiprocess_dir() is None:
+        return None
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    value = registry.get_sample_value(PREFIX + "issuer_metadata_last_success_timestamp_seconds")
+    return 0.0 if value is None else value
+
+
 def mark_process_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (in flight, cache sizes) from the sum."""
     if multiprocess_dir() is not None:

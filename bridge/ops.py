@@ -7,7 +7,10 @@
   JSON body lists each check and its state:
 
   - ``issuer``: the discovery document is loaded and fresh (fetched within two
-    refresh intervals);
+    refresh intervals), by every worker when there are several (whichever
+    worker answers, it reads the others' fetch times from the metrics'
+    multiprocess directory: a load balancer must not send traffic to an
+    instance one of whose workers would answer 503);
   - ``homeserver``: ``GET /_matrix/client/versions`` answers 200 (within two
     seconds);
   - ``store`` (when there is one): the database answers.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge import USER_AGENT
-from bridge.metrics import exposition
+from bridge.metrics import exposition, stalest_issuer_fetch
 from bridge.state import CONFIG, ISSUER_METADATA, METRICS, STORE
 
 BRIDGE = web.AppKey("bridge", web.Application)
@@ -67,6 +71,14 @@ async def _issuer(bridge: web.Application) -> tuple[bool, str]:
     age = metadata.age() or 0.0
     if not metadata.fresh():
         return False, f"the issuer's discovery document is stale ({age:.0f}s old)"
+    stalest = stalest_issuer_fetch()
+    if stalest is not None:
+        oldest = time.time() - stalest
+        if oldest > metadata.max_age():
+            if stalest == 0:
+                return False, "a worker has not loaded the issuer's discovery document yet"
+            return False, f"a worker's discovery document is stale ({oldest:.0f}s old)"
+        return True, f"every worker's discovery document fetched within {oldest:.0f}s"
     return True, f"discovery document fetched {age:.0f}s ago"
 
 

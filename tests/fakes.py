@@ -165,6 +165,8 @@ class FakeIssuer:
         self.discovery_extra: dict[str, object] = {}
         self.discovery_requests = 0
         self.discovery_delay = 0.0
+        # Discovery requests answered before the rest get 503 (None: all answered).
+        self.discovery_answers: int | None = None
         self.introspections: list[IntrospectionRequest] = []
         # Introspections being answered now, and the most ever at once.
         self.introspecting = 0
@@ -269,6 +271,8 @@ class FakeIssuer:
     async def _discovery(self, _request: web.Request) -> web.Response:
         self.discovery_requests += 1
         await asyncio.sleep(self.discovery_delay)
+        if self.discovery_answers is not None and self.discovery_requests > self.discovery_answers:
+            return web.json_response({"error": "temporarily_unavailable"}, status=503)
         return web.json_response(self.discovery_document())
 
     async def _jwks(self, _request: web.Request) -> web.Response:

@@ -332,3 +332,37 @@ async def test_ops_on_the_public_port_of_another_address_is_still_the_ops_listen
             assert resp.status == 200, await resp.text()
         async with session.get(served.base + "/health") as resp:
             assert resp.status != 200  # nor the public one /health
+
+
+async def test_ready_speaks_for_every_worker(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    homeserver: FakeHomeserver,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """One worker without the issuer's discovery document would answer its share of
+    requests with 503: the instance is not ready, whichever worker answers /ready."""
+    issuer.discovery_answers = 1  # the first worker to ask gets it, the other never
+    document = _document(issuer.url, homeserver.url, free_port(), workers=2)
+    ops_port = free_port()
+    document["ops"] = {"enabled": True, "host": "127.0.0.1", "port": ops_port}
+    served = Served(tmp_path, document, processes)
+    served.start(INFO)
+    await until(lambda: len(served.ready()) == 2, "two workers ready")
+    answers = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(20):  # each on a connection of its own: the kernel picks a worker
+            async with session.get(f"http://127.0.0.1:{ops_port}/ready") as resp:
+                answers.append((resp.status, (await resp.json())["checks"]["issuer"]["detail"]))
+    assert {status for status, _ in answers} == {503}, answers
+    assert any("a worker has not loaded" in detail for _, detail in answers), answers
+
+    issuer.discovery_answers = None  # the other worker's next try (every 5 s) succeeds
+    deadline = time.monotonic() + 15
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"http://127.0.0.1:{ops_port}/ready") as resp:
+                if resp.status == 200:
+                    break
+            assert time.monotonic() < deadline, "never ready"
+            await asyncio.sleep(0.2)

@@ -76,11 +76,15 @@ class IssuerMetadata:
         """Seconds since the document was last fetched (None: never)."""
         return None if self.fetched_at is None else time.monotonic() - self.fetched_at
 
+    def max_age(self) -> float:
+        """How old the document may be and still count as fresh: two refresh intervals
+        (one failed refresh is tolerated; two in a row make the bridge not ready)."""
+        return 2 * self._config.metadata_refresh_interval + 5
+
     def fresh(self) -> bool:
-        """Loaded, and refreshed within two refresh intervals (one failed refresh is
-        tolerated; two in a row make the bridge not ready)."""
+        """Loaded, and refreshed within :meth:`max_age`."""
         age = self.age()
-        return age is not None and age <= 2 * self._config.metadata_refresh_interval + 5
+        return age is not None and age <= self.max_age()
 
     def require(self) -> Metadata:
         """The metadata, or :class:`IssuerUnavailable` if it was never loaded."""
