@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -16,8 +17,9 @@ from aiohttp.typedefs import Handler, Middleware
 
 from bridge import USER_AGENT
 from bridge.auth.cache import CachedAuthenticator, cache_namespace
+from bridge.auth.identity import Identity
 from bridge.auth.jwt_access import JwtVerifier
-from bridge.auth.middleware import MAX_HEADER_FIELD, authenticate
+from bridge.auth.middleware import MAX_HEADER_FIELD, authenticate, bearer_token
 from bridge.auth.not_before import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.auth.verifier import (
@@ -216,6 +218,7 @@ async def homeserver_client(app: web.Application) -> AsyncIterator[None]:
             long_poll_session=long_poll_session,
             metrics=app[METRICS],
             logged_out=app[LOGOUT_MOMENTS].covers,
+            revalidate=functools.partial(_revalidate, app),
         )
         app[STRATEGY] = strategy
         app[APPSERVICE] = appservice
@@ -292,6 +295,12 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         sweep_forever(),
     ):
         yield
+
+
+async def _revalidate(app: web.Application, request: web.Request) -> Identity | None:
+    """The issuer asked again about the request's token (the forwarder, before it heals)."""
+    token = bearer_token(request)
+    return None if token is None else await app[AUTHENTICATOR].revalidate(token)
 
 
 def _forget_sessions(authenticator: CachedAuthenticator, kids: set[str | None]) -> None:

@@ -38,7 +38,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode
@@ -50,7 +50,13 @@ from yarl import URL
 
 from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
-from bridge.errors import BadRequest, HomeserverUnavailable, MatrixError, UnknownToken
+from bridge.errors import (
+    BadRequest,
+    HomeserverUnavailable,
+    IssuerUnavailable,
+    MatrixError,
+    UnknownToken,
+)
 from bridge.headers import HOP_BY_HOP, connection_named, upstream_headers
 from bridge.homeserver.appservice import call_json
 from bridge.homeserver.strategy import IdentityStrategy
@@ -183,12 +189,18 @@ class Forwarder:
         long_poll_session: aiohttp.ClientSession | None = None,
         metrics: Metrics | None = None,
         logged_out: Callable[[Identity], bool] = lambda _identity: False,
+        revalidate: Callable[[web.Request], Awaitable[Identity | None]] | None = None,
     ) -> None:
         homeserver = config.homeserver
         # Whether an identity's token has been logged out since it was checked
         # (bridge.auth.not_before): asked before healing, so that a request that
         # was in flight during a logout cannot provision the device again.
         self._logged_out = logged_out
+        # The issuer asked again about the request's token before healing (None: it
+        # has none; CachedAuthenticator.revalidate): a device the authentication service
+        # ended through another worker or instance, whose cache still holds the
+        # token, must not be provisioned again for it.
+        self._revalidate = revalidate
         self._metrics = metrics if metrics is not None else Metrics()
         self._duration = self._metrics.homeserver_call_duration["forward"]
         self._long_poll_duration = self._metrics.homeserver_call_duration["long_poll"]
@@ -383,6 +395,7 @@ class Forwarder:
                 log.error("the homeserver refused the device the bridge provisioned again")
                 raise HomeserverUnavailable("The homeserver refused the gateway's credentials")
             self._refuse_if_logged_out(identity)
+            await self._refuse_unless_still_vouched_for(request, identity)
             log.warning("the homeserver lost a provisioned device; provisioning it again")
             await self._strategy.heal(identity, authorization)
             if not retryable:
@@ -396,6 +409,18 @@ class Forwarder:
     def _refuse_if_logged_out(self, identity: Identity) -> None:
         if self._logged_out(identity):
             raise UnknownToken("Token has been logged out")
+
+    async def _refuse_unless_still_vouched_for(
+        self, request: web.Request, identity: Identity
+    ) -> None:
+        if self._revalidate is None:
+            return
+        try:
+            again = await self._revalidate(request)  # UnknownToken when no longer active
+        except IssuerUnavailable:
+            return  # healing as before: the issuer cannot say otherwise now
+        if again is not None and again != identity:
+            raise UnknownToken("Token no longer names this session")
 
     def _route(self, request: web.Request) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
         """The pool and the read timeout: a long poll waits for its own ``timeout``."""

@@ -24,6 +24,7 @@ from tests.fakes import (
     BridgeClient,
     FakeHomeserver,
     FakeIssuer,
+    Fault,
     RecordedRequest,
     active_claims,
     bridge_config,
@@ -857,6 +858,37 @@ async def test_lost_device_is_provisioned_again_and_the_request_retried_once(
     # Provisioned again in between: register + device once more.
     assert len(homeserver.of_kind("register")) == 2
     assert len(homeserver.of_kind("device")) == 2
+
+
+@pytest.mark.parametrize("lost", LOST)
+async def test_a_token_the_issuer_no_longer_vouches_for_never_brings_a_lost_device_back(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver, lost: Answer
+) -> None:
+    """The authentication service ended the session through another worker or instance
+    (which dropped its own cached tokens and deleted the device): this process still
+    holds the token, but asks the issuer again before provisioning anything."""
+    assert (await bridge.get(WHOAMI, headers=bearer())).status == 200
+    del issuer.tokens[ALICE]  # revoked: the issuer now answers inactive
+    homeserver.answer = answers(lost, json_answer(200, {"ok": True}))
+    resp = await bridge.get(SYNC, headers=bearer())
+    await assert_matrix_error(resp, 401, "M_UNKNOWN_TOKEN")
+    assert len(homeserver.of_kind("register")) == 1  # provisioned once, at the start
+    assert len(homeserver.of_kind("device")) == 1
+    assert (await bridge.get(WHOAMI, headers=bearer())).status == 401  # and refused since
+
+
+@pytest.mark.parametrize("status", [500, 429])
+async def test_an_unavailable_issuer_does_not_stop_a_lost_device_being_healed(
+    bridge: BridgeClient, issuer: FakeIssuer, homeserver: FakeHomeserver, status: int
+) -> None:
+    assert (await bridge.get(WHOAMI, headers=bearer())).status == 200
+    issuer.fault = Fault.json({"error": "unavailable"}, status=status)
+    homeserver.answer = answers(
+        json_answer(400, {"errcode": "M_UNKNOWN_DEVICE"}), json_answer(200, {"ok": True})
+    )
+    resp = await bridge.get(SYNC, headers=bearer())
+    assert resp.status == 200, await resp.text()
+    assert len(homeserver.of_kind("device")) == 2  # healed, as before
 
 
 @pytest.mark.parametrize("lost", LOST)

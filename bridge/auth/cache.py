@@ -302,6 +302,15 @@ class CachedAuthenticator:
         verdict = await self._inflight.run(key, lambda: self._validate(key, token))
         return verdict.identity_or_raise()
 
+    async def revalidate(self, token: str) -> Identity:
+        """Ask the issuer about ``token`` now, whatever the cache holds: before the bridge
+        does on its behalf what it cannot undo. The answer is kept or refused as any
+        validation's. While the issuer is unavailable, a session this cache holds is
+        answered (as stale-if-error answers it); IssuerUnavailable for any other."""
+        key = self.key(token)
+        verdict = await self._inflight.run(key, lambda: self._validate(key, token))
+        return verdict.identity_or_raise()
+
     def forget(self, token: str) -> float | None:
         """Drop a token (e.g. after logout) so its next use asks the issuer again; its
         ``exp`` (Unix time), where the cache knew it."""
