@@ -22,7 +22,7 @@ from bridge.config import AppserviceConfig, Strategy, parse_config
 from tests.fakes import BridgeClient
 from tests.support.issuer import TestIssuer
 from tests.support.net import free_port
-from tests.support.sso import LoginClient, login_section, register_login_client
+from tests.support.sso import HttpBrowser, LoginClient, login_section, register_login_client
 from tests.support.stack import SERVER_NAME, bridge_config_document, store_section
 
 V3 = "/_matrix/client/v3"
@@ -61,6 +61,14 @@ class LoginStack:
             f"{V3}/login", json={"type": "m.login.token", "token": login_token, **extra}
         )
         return resp.status, await resp.json()
+
+    async def sso_session(self, browser: HttpBrowser, localpart: str) -> dict[str, Any]:
+        """A whole legacy login of ``localpart`` in ``browser``: SSO, then
+        ``m.login.token``; the login's answer (tokens, user and device)."""
+        login_token, _page = await browser.sso_login(self.base, localpart, CLIENT_URL)
+        status, answer = await self.token_login(login_token)
+        assert status == 200, answer
+        return answer
 
 
 MakeLoginBridge = Callable[..., Awaitable[LoginStack]]

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import bridge.app
 from tests.integration.conftest import auth, new_localpart
-from tests.integration.login_stack import CLIENT_URL, V3, LoginStack, MakeLoginBridge
+from tests.integration.login_stack import V3, LoginStack, MakeLoginBridge
 from tests.support.issuer import TestIssuer
 from tests.support.sso import BACKCHANNEL, HttpBrowser
 
@@ -102,9 +102,7 @@ async def test_issuer_logout_ends_the_session_at_once(
     stack = await make_login_bridge("synapse", "device_login")
     person = HttpBrowser()
     try:
-        login_token, _ = await person.sso_login(stack.base, new_localpart("judy"), CLIENT_URL)
-        status, answer = await stack.token_login(login_token)
-        assert status == 200, answer
+        answer = await stack.sso_session(person, new_localpart("judy"))
         token, user_id, device_id = answer["access_token"], answer["user_id"], answer["device_id"]
         assert await _whoami(stack, token) == 200  # cached now
         assert device_id in await stack.devices(http, user_id)
@@ -135,11 +133,9 @@ async def session(
     username = new_localpart("kim")
     person = HttpBrowser()
     try:
-        login_token, _ = await person.sso_login(stack.base, username, CLIENT_URL)
+        answer = await stack.sso_session(person, username)
     finally:
         await person.close()
-    status, answer = await stack.token_login(login_token)
-    assert status == 200, answer
     assert await _whoami(stack, answer["access_token"]) == 200
     return stack, answer["access_token"], username, answer["device_id"]
 
@@ -250,11 +246,9 @@ async def test_a_logout_token_is_used_once(
     await asyncio.sleep(1.1)  # a new iat second (logout moments are in whole seconds)
     person = HttpBrowser()
     try:
-        login_token, _ = await person.sso_login(stack.base, username, CLIENT_URL)
+        answer = await stack.sso_session(person, username)
     finally:
         await person.close()
-    status, answer = await stack.token_login(login_token)
-    assert status == 200, answer
     status, body = await _post_logout_token(stack, logout_token)
     assert (status, body["error"]) == (400, "invalid_request")
     assert await _whoami(stack, answer["access_token"]) == 200

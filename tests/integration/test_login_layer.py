@@ -54,13 +54,6 @@ async def introspect(http: aiohttp.ClientSession, issuer: TestIssuer, token: str
         return bool((await resp.json())["active"])
 
 
-async def sso_session(stack: LoginStack, browser: HttpBrowser, localpart: str) -> dict[str, Any]:
-    login_token, _page = await browser.sso_login(stack.base, localpart, CLIENT_URL)
-    status, answer = await stack.token_login(login_token)
-    assert status == 200, answer
-    return answer
-
-
 # -- logging in -------------------------------------------------------------------------
 
 
@@ -175,7 +168,7 @@ async def test_refresh_gives_a_working_token_and_uses_the_old_refresh_token_up(
     make_login_bridge: MakeLoginBridge, browser: HttpBrowser
 ) -> None:
     stack = await make_login_bridge()
-    first = await sso_session(stack, browser, new_localpart("carol"))
+    first = await stack.sso_session(browser, new_localpart("carol"))
 
     resp = await stack.bridge.post(f"{V3}/refresh", json={"refresh_token": first["refresh_token"]})
     second = await resp.json()
@@ -328,7 +321,7 @@ async def test_logout_refuses_the_token_at_once_revokes_it_and_deletes_the_devic
     strategy: str,
 ) -> None:
     stack = await make_login_bridge(kind, strategy)
-    session = await sso_session(stack, browser, new_localpart("frank"))
+    session = await stack.sso_session(browser, new_localpart("frank"))
     token, user_id, device_id = session["access_token"], session["user_id"], session["device_id"]
     assert (await whoami(stack, token))[0] == 200  # cached now
     assert device_id in await stack.devices(http, user_id)
@@ -360,10 +353,10 @@ async def test_logout_all_ends_every_device_and_every_earlier_token(
 ) -> None:
     stack = await make_login_bridge(kind, strategy)
     grace = new_localpart("grace")
-    one = await sso_session(stack, browser, grace)
+    one = await stack.sso_session(browser, grace)
     other_browser = HttpBrowser()
     try:
-        two = await sso_session(stack, other_browser, grace)
+        two = await stack.sso_session(other_browser, grace)
     finally:
         await other_browser.close()
     # And a token of an OAuth-native client, obtained at the issuer directly.
@@ -392,7 +385,7 @@ async def test_logout_all_ends_every_device_and_every_earlier_token(
 
     # A login after that moment works (iat is in whole seconds: the next one).
     await asyncio.sleep(1.1)
-    three = await sso_session(stack, browser, grace)
+    three = await stack.sso_session(browser, grace)
     assert (await whoami(stack, three["access_token"]))[0] == 200
 
 
