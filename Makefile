@@ -45,7 +45,7 @@ postgres-server:
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
 
-# systemd-analyze, which scores the units' hardening (tests/test_systemd_units.py):
+# systemd-analyze, which scores the units' hardening (tests/runtime/test_systemd_units.py):
 # Debian's systemd package, installed only when missing.
 .PHONY: systemd-tools
 install: systemd-tools

@@ -19,8 +19,8 @@ N = 200_000
 
 _CHILD = """
 import time
-from bridge.metrics import Metrics
-from bridge.request_id import RequestIDs
+from bridge.ops.metrics import Metrics
+from bridge.http.request_id import RequestIDs
 
 m = Metrics()
 ids = RequestIDs()

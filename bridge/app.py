@@ -19,8 +19,8 @@ from bridge import USER_AGENT
 from bridge.auth.cache import CachedAuthenticator, cache_namespace
 from bridge.auth.identity import Identity
 from bridge.auth.jwt_access import JwtVerifier
+from bridge.auth.logout_moments import LogoutMoments
 from bridge.auth.middleware import MAX_HEADER_FIELD, authenticate, bearer_token
-from bridge.auth.not_before import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.auth.verifier import (
     ClaimRules,
@@ -28,15 +28,19 @@ from bridge.auth.verifier import (
     JwtThenIntrospection,
     TokenVerifier,
 )
-from bridge.background import running
 from bridge.config import BridgeConfig
 from bridge.errors import IssuerUnavailable, error_response
+from bridge.forward.forwarder import LONG_POLL, AsSent, Forwarder
 from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.device_login import DeviceLogin
 from bridge.homeserver.masquerade import Masquerade
 from bridge.homeserver.probe import check_strategy
 from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
+from bridge.http.cors import add_cors_headers
+from bridge.http.paths import routing_path
+from bridge.http.request_id import HEADER as REQUEST_ID_HEADER
+from bridge.http.request_id import REQUEST_ID, RequestIDs
 from bridge.issuer.introspection import Introspector
 from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
@@ -45,14 +49,12 @@ from bridge.issuer.oauth import OAuthClient
 from bridge.login import backchannel, matrix, sso
 from bridge.login.jwts import JwtChecks, SigningKeySource
 from bridge.login.service import LoginLayer
-from bridge.metrics import Metrics, multiprocess_dir
-from bridge.paths import routing_path
-from bridge.proxy import LONG_POLL, AsSent, Forwarder
-from bridge.request_id import HEADER as REQUEST_ID_HEADER
-from bridge.request_id import REQUEST_ID, RequestIDs
-from bridge.routes import client, compat, discovery, mas_api, well_known
-from bridge.routes.cors import add_cors_headers
-from bridge.routes.refused import refuse
+from bridge.ops.metrics import Metrics, multiprocess_dir
+from bridge.routes import client, discovery, well_known
+from bridge.routes import mas_compat as compat
+from bridge.routes import provisioning as mas_api
+from bridge.routes.closed_doors import refuse
+from bridge.runtime.background import running
 from bridge.state import (
     APPSERVICE,
     AUTHENTICATOR,
@@ -328,7 +330,7 @@ def _drop_cached_sessions(app: web.Application, user_id: str, device_id: str | N
         authenticator.forget_device(user_id, device_id)
 
 
-# Route name prefix → route group (bridge.metrics.ROUTE_GROUPS); forwarded routes
+# Route name prefix → route group (bridge.ops.metrics.ROUTE_GROUPS); forwarded routes
 # are named forward:<group>.
 _GROUP_OF_PREFIX = {
     "well_known": "well_known",
@@ -359,16 +361,16 @@ def front_middleware(metrics: Metrics, ids: RequestIDs) -> Middleware:
 
         0. its request ID (kept from the client when well-formed), its route group,
            and the request metrics around everything below;
-        1. the one routing path (:mod:`bridge.paths`), refusing any path a homeserver
+        1. the one routing path (:mod:`bridge.http.paths`), refusing any path a homeserver
            could read differently; every decision below is taken on it;
         2. CORS preflight: 204, without a token or the homeserver;
         3. closed doors, appservice-only endpoints, the admin allow-list
-           (:mod:`bridge.routes.refused`);
+           (:mod:`bridge.routes.closed_doors`);
         4. the token, on forwarded routes (:mod:`bridge.auth.middleware`);
         5. the route's handler;
 
         and any failure as Matrix JSON (:func:`bridge.errors.error_response`); every
-        answer with CORS headers (:mod:`bridge.routes.cors`) and its request ID, set
+        answer with CORS headers (:mod:`bridge.http.cors`) and its request ID, set
         here rather than by an ``on_response_prepare`` signal, whose dispatch costs
         more than the headers.
         """

@@ -54,7 +54,7 @@ class MatrixError(BridgeError):
 
     status: int = 500
     errcode: str = "M_UNKNOWN"
-    # Why a token was refused, in the metrics' words (bridge.metrics.VALIDATION_OUTCOMES).
+    # Why a token was refused, in the metrics' words (bridge.ops.metrics.VALIDATION_OUTCOMES).
     outcome: str = ""
 
     def __init__(

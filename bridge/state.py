@@ -9,9 +9,10 @@ from aiohttp import web
 
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import Identity
-from bridge.auth.not_before import LogoutMoments
+from bridge.auth.logout_moments import LogoutMoments
 from bridge.auth.reset_approvals import CrossSigningResetApprovals
 from bridge.config import BridgeConfig, WellKnownConfig
+from bridge.forward.forwarder import Forwarder
 from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
@@ -19,14 +20,13 @@ from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.login.service import LoginLayer
-from bridge.metrics import Metrics
-from bridge.proxy import Forwarder
+from bridge.ops.metrics import Metrics
 from bridge.store import Store
 
 
 @dataclass
 class LiveSettings:
-    """The settings a reload (SIGHUP, :mod:`bridge.reload`) may change while serving,
+    """The settings a reload (SIGHUP, :mod:`bridge.runtime.reload`) may change while serving,
     read by the handlers on each request (``app[CONFIG]`` stays as started)."""
 
     well_known: WellKnownConfig
@@ -60,9 +60,9 @@ LOGOUT_MOMENTS = web.AppKey("logout_moments", LogoutMoments)
 # The legacy login layer, only with a login section (issuer.kind: oidc).
 LOGIN = web.AppKey("login", LoginLayer)
 
-# The routing path (bridge.paths.routing_path), set by the first routing middleware.
+# The routing path (bridge.http.paths.routing_path), set by the first routing middleware.
 PATH: web.RequestKey[str] = web.RequestKey("path")
-# The route group of the request (bridge.metrics.ROUTE_GROUPS), set by the front middleware.
+# The route group of the request (bridge.ops.metrics.ROUTE_GROUPS), set by the front middleware.
 ROUTE_GROUP: web.RequestKey[str] = web.RequestKey("route_group")
 # Set by the auth middleware on every forwarded route: None for an anonymous
 # request to a public endpoint.

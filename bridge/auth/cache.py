@@ -43,8 +43,8 @@ from bridge.auth.identity import Identity
 from bridge.auth.verifier import TokenVerifier, Verdict
 from bridge.config import TokenCacheConfig
 from bridge.errors import IssuerUnavailable
-from bridge.metrics import Metrics
-from bridge.singleflight import SingleFlight
+from bridge.ops.metrics import Metrics
+from bridge.runtime.singleflight import SingleFlight
 
 log = logging.getLogger("bridge.auth")
 

@@ -45,7 +45,7 @@ class Identity:
     # the identity's equality: the same device is the same device either way.
     admin: bool = field(default=False, compare=False)
     # The token's ``iat`` (Unix seconds) where the issuer said, for the logout
-    # moments (bridge.auth.not_before). Not part of the identity either.
+    # moments (bridge.auth.logout_moments). Not part of the identity either.
     issued_at: float | None = field(default=None, compare=False)
 
     @property
@@ -57,7 +57,7 @@ class Identity:
 
 
 def _refused(outcome: str, message: str) -> UnknownToken:
-    """An UnknownToken naming its ``outcome`` (bridge.metrics.VALIDATION_OUTCOMES)."""
+    """An UnknownToken naming its ``outcome`` (bridge.ops.metrics.VALIDATION_OUTCOMES)."""
     error = UnknownToken(message)
     error.outcome = outcome
     return error

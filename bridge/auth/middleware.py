@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bridge.auth.identity import Identity
 from bridge.errors import BadRequest, MissingToken, UnknownToken
-from bridge.paths import CLIENT
+from bridge.http.paths import CLIENT
 from bridge.state import AUTHENTICATOR, IDENTITY, LOGOUT_MOMENTS, PATH
 
 FORWARDED_ROUTE = "forward:"
@@ -108,7 +108,7 @@ async def identify(request: web.Request, token: str) -> Identity:
     """The identity behind ``token`` (every route that takes a token asks here).
 
     A fresh cached session is answered without a coroutine (the hot path); a
-    token issued before a logout of its device or user (bridge.auth.not_before)
+    token issued before a logout of its device or user (bridge.auth.logout_moments)
     is refused whatever the cache still holds: two dict lookups.
     """
     authenticator = request.app[AUTHENTICATOR]

@@ -36,7 +36,7 @@ class Verdict:
     ``forbidden`` marks a valid token of a user the bridge refuses to act as
     (403, which does not log the client out as a 401 would). ``soft_logout``
     marks a token that merely expired (the client may refresh it). ``outcome``
-    names the judgement for the metrics (``bridge.metrics.VALIDATION_OUTCOMES``).
+    names the judgement for the metrics (``bridge.ops.metrics.VALIDATION_OUTCOMES``).
     """
 
     identity: Identity | None
@@ -166,7 +166,7 @@ class IntrospectionVerifier:
 
     def __init__(self, introspector: Introspector, rules: ClaimRules) -> None:
         self._introspector = introspector
-        # Replaced as a whole by a reload (bridge.reload): allow-lists may change.
+        # Replaced as a whole by a reload (bridge.runtime.reload): allow-lists may change.
         self.rules = rules
 
     async def verify(self, token: str) -> Verdict:

@@ -16,7 +16,7 @@ import aiohttp
 from bridge import USER_AGENT
 from bridge.config import BridgeConfig
 from bridge.errors import CannotBeDone, HomeserverUnavailable, MatrixError
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 
 log = logging.getLogger("bridge.homeserver")
 

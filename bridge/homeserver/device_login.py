@@ -17,7 +17,7 @@ after the store was lost, is logged in again.)
 A token that names no device (the client API scope alone) has no device to
 log in: its requests go through the appservice as the user alone
 (``user_id=``), with the checks the bridge makes for appservice requests
-(:meth:`bridge.proxy.Forwarder.appservice_power_for`).
+(:meth:`bridge.forward.forwarder.Forwarder.appservice_power_for`).
 
 Exactly one login per device, across processes and hosts sharing the store:
 the check-login-save sequence runs under the store's login lock. That
@@ -36,7 +36,7 @@ from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
 from bridge.errors import UnknownToken
 from bridge.homeserver.appservice import AppserviceClient, device_path, refused_by_homeserver
-from bridge.singleflight import SingleFlight
+from bridge.runtime.singleflight import SingleFlight
 from bridge.store import Store
 
 log = logging.getLogger("bridge.homeserver")

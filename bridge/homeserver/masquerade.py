@@ -24,7 +24,7 @@ from bridge.auth.identity import Identity
 from bridge.config import BridgeConfig
 from bridge.errors import UnknownToken
 from bridge.homeserver.appservice import AccountState, AppserviceClient, refused_by_homeserver
-from bridge.singleflight import SingleFlight
+from bridge.runtime.singleflight import SingleFlight
 
 
 class Masquerade:

@@ -22,8 +22,8 @@ from urllib.parse import quote, unquote
 
 from bridge.auth.identity import Identity
 from bridge.errors import BadRequest, Forbidden, MatrixError, NotFound
-from bridge.paths import CLIENT
-from bridge.proxy import Forwarder
+from bridge.forward.forwarder import Forwarder
+from bridge.http.paths import CLIENT
 
 _V3 = "/_matrix/client/v3"
 

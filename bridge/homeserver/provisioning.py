@@ -1,7 +1,7 @@
 """MAS's provisioning calls (``/_synapse/mas/*``), carried out through the appservice.
 
 docs/mas-provisioning-api.md is the contract (Synapse's behaviour, MAS's
-calls); :mod:`bridge.routes.mas_api` authenticates and validates, this module
+calls); :mod:`bridge.routes.provisioning` authenticates and validates, this module
 acts. Users are handled the same way under both strategies, as the user
 through the appservice (:meth:`AppserviceClient.act_as_user`: ``as_token`` +
 ``?user_id=``, which needs no device): registration with ``inhibit_login``,

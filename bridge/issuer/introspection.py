@@ -12,7 +12,7 @@ from bridge.config import IntrospectionConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
 

@@ -39,8 +39,8 @@ from bridge.errors import IssuerUnavailable
 from bridge.issuer.introspection import retry_after
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.metrics import Metrics
-from bridge.singleflight import SingleFlight
+from bridge.ops.metrics import Metrics
+from bridge.runtime.singleflight import SingleFlight
 
 log = logging.getLogger("bridge.issuer")
 

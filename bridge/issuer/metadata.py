@@ -18,7 +18,7 @@ import aiohttp
 
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
 

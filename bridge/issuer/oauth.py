@@ -30,7 +30,7 @@ from bridge.errors import IssuerUnavailable
 from bridge.issuer import introspection
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
 
@@ -149,7 +149,7 @@ class OAuthClient:
     async def revoke(self, token: str, hint: str) -> bool:
         """RFC 7009: whether the issuer accepted the revocation (200). An issuer that
         refuses, or cannot be reached, is logged, not raised: the logout holds
-        anyway (bridge.auth.not_before)."""
+        anyway (bridge.auth.logout_moments)."""
         try:
             await self._post(
                 "revocation_endpoint",

@@ -11,5 +11,5 @@
 
 The issuer calls are :mod:`bridge.issuer.oauth`'s; what is kept lives in the
 store (:mod:`bridge.store.records`); the logout moments every request is
-checked against are :mod:`bridge.auth.not_before`'s.
+checked against are :mod:`bridge.auth.logout_moments`'s.
 """

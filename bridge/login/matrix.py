@@ -32,7 +32,7 @@ from bridge.issuer.oauth import GrantRefused
 from bridge.login.service import Issued, LoginFailed, LoginLayer, new_device_id
 from bridge.login.sso import LOGIN_TOKEN
 from bridge.routes.client import read_json_object
-from bridge.routes.refused import refusal
+from bridge.routes.closed_doors import refusal
 from bridge.routes.well_known import client_document
 from bridge.state import AUTHENTICATOR, CONFIG, LOGIN
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import API_SCOPE, DeviceID, Identity, UserID, device_scope
-from bridge.auth.not_before import TOKEN_MOMENT_DEVICE, LogoutMoments, now_moment
+from bridge.auth.logout_moments import TOKEN_MOMENT_DEVICE, LogoutMoments, now_moment
 from bridge.config import BridgeConfig, LoginConfig
 from bridge.errors import MatrixError
 from bridge.homeserver.appservice import AppserviceClient

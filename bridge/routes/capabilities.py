@@ -2,7 +2,7 @@
 
 Synapse in MAS mode reports ``m.change_password``, ``m.3pid_changes`` and
 ``m.get_login_token`` as ``{"enabled": false}`` (its configuration cannot
-enable them there); the bridge closes the same doors (:mod:`bridge.routes.refused`)
+enable them there); the bridge closes the same doors (:mod:`bridge.routes.closed_doors`)
 whatever the issuer, so it says the same, whatever the homeserver itself
 allows. The homeserver's other capabilities pass through unchanged, and an
 answer that is not a 200 JSON object passes through as it is.
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.paths import CLIENT
+from bridge.http.paths import CLIENT
 from bridge.state import FORWARDER, IDENTITY
 
 CAPABILITIES = re.compile(rf"{CLIENT}/capabilities")

@@ -22,11 +22,11 @@ from aiohttp import web
 from bridge.auth.identity import ADMIN_SCOPE, Identity
 from bridge.auth.middleware import FORWARDED_ROUTE
 from bridge.errors import BadRequest, Forbidden, MatrixError
+from bridge.forward.forwarder import Forwarder
 from bridge.homeserver import privileges
-from bridge.paths import CLIENT
-from bridge.proxy import Forwarder
+from bridge.http.paths import CLIENT
 from bridge.routes.capabilities import CAPABILITIES, capabilities
-from bridge.routes.refused import account_management_url, refusal
+from bridge.routes.closed_doors import account_management_url, refusal
 from bridge.state import CONFIG, FORWARDER, IDENTITY, METRICS, PATH, RESET_APPROVALS
 
 # The JSON bodies read here are small; a larger one is not what it claims to be.

@@ -548,7 +548,7 @@ async def test_device_less_sessions_are_indexed_and_forgotten() -> None:
 
 
 async def test_metrics_count_hits_refusals_and_live_sessions_pushed_out() -> None:
-    from bridge.metrics import Metrics
+    from bridge.ops.metrics import Metrics
 
     metrics = Metrics()
     auth = CachedAuthenticator(FakeVerifier(), TokenCacheConfig(max_size=1), metrics)

@@ -44,7 +44,7 @@ CLOSED: list[tuple[str, str, dict[str, Any], tuple[int, str]]] = [
     ("POST", f"{V3}/logout", {}, NOT_REGISTERED),
     ("POST", f"{V3}/logout/all", {}, NOT_REGISTERED),
     ("GET", "/_synapse/admin/v2/users/@victim:bridge.test", {}, FORBIDDEN),
-    # ("//" is refused before any door: tests/test_request_attacks.py)
+    # ("//" is refused before any door: tests/http/test_request_attacks.py)
     ("POST", f"{V3}/account/%64eactivate", {}, NOT_REGISTERED),
 ]  # fmt: skip
 

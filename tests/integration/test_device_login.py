@@ -148,7 +148,7 @@ async def no_lock(self, user_id, device_id):
     yield
 
 PostgresStore.login_lock = no_lock
-from bridge.__main__ import main
+from bridge.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

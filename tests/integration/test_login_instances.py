@@ -41,7 +41,7 @@ async def deaf(self, apply, *, interval):
     await asyncio.Event().wait()
 
 PostgresStore.follow_logout_moments = deaf
-from bridge.__main__ import main
+from bridge.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -135,7 +135,7 @@ DOORS = [
     Door("POST", f"{V3}/logout", _EMPTY, NOT_REGISTERED),
     Door("POST", f"{V3}/logout/all", _EMPTY, NOT_REGISTERED),
     Door("POST", "/_matrix/client/api/v1/logout", _EMPTY, NOT_REGISTERED),
-    # An empty segment is refused before any door or token (bridge.paths).
+    # An empty segment is refused before any door or token (bridge.http.paths).
     Door("POST", f"{V3}//account//deactivate/", _EMPTY, NOT_REGISTERED, bridge=(400, "M_UNRECOGNIZED")),
     Door("POST", f"{V3}/account/%64eactivate", _EMPTY, NOT_REGISTERED),
 ]  # fmt: skip

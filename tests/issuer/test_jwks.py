@@ -15,7 +15,7 @@ from bridge.errors import IssuerUnavailable
 from bridge.issuer.jwks import MAX_JWKS_BYTES, SigningKeys, fits
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 from tests.fakes import FakeIssuer, Fault, SigningKey, bridge_config
 
 COOLDOWN = 0.3

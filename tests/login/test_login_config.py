@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet
 
 from bridge.config import parse_config
 from bridge.errors import ConfigError
-from tests.test_config import minimal
+from tests.config.test_config import minimal
 
 STORE = {"path": "bridge.db", "encryption_keys": [Fernet.generate_key().decode()]}
 

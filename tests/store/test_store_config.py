@@ -10,8 +10,8 @@ import pytest
 from bridge.config import StoreConfig, parse_config
 from bridge.errors import ConfigError
 from bridge.store import open_store
+from tests.config.test_config import minimal
 from tests.store.harness import KEY_A, KEY_B
-from tests.test_config import minimal
 
 
 def with_store(**store: Any) -> dict[str, Any]:
