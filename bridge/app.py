@@ -55,9 +55,11 @@ from bridge.routes import mas_compat as compat
 from bridge.routes import provisioning as mas_api
 from bridge.routes.closed_doors import refuse
 from bridge.runtime.background import running
+from bridge.runtime.clock import SYSTEM_CLOCK, Clock
 from bridge.state import (
     APPSERVICE,
     AUTHENTICATOR,
+    CLOCK,
     CONFIG,
     FORWARDER,
     ISSUER_LIMIT,
@@ -408,9 +410,11 @@ def front_middleware(metrics: Metrics, ids: RequestIDs) -> Middleware:
     return front
 
 
-def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    config: BridgeConfig, metrics: Metrics | None = None, *, clock: Clock = SYSTEM_CLOCK
+) -> web.Application:
     """The client-facing application for ``config`` (``metrics``: a fresh set unless
-    given)."""
+    given; ``clock``: what everything that expires reads the time from)."""
     metrics = metrics if metrics is not None else Metrics()
     # A header field and the request line up to MAX_HEADER_FIELD are read, so that an
     # absurd token (in the header or the query) gets a Matrix 401 from the auth
@@ -421,6 +425,7 @@ def create_app(config: BridgeConfig, metrics: Metrics | None = None) -> web.Appl
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[CLOCK] = clock
     app[LIVE] = LiveSettings.from_config(config)
     app[RESET_APPROVALS] = CrossSigningResetApprovals()
     app[LOGOUT_MOMENTS] = LogoutMoments(

@@ -21,6 +21,7 @@ from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.login.service import LoginLayer
 from bridge.ops.metrics import Metrics
+from bridge.runtime.clock import Clock
 from bridge.store import Store
 
 
@@ -40,6 +41,8 @@ class LiveSettings:
 CONFIG = web.AppKey("config", BridgeConfig)
 LIVE = web.AppKey("live", LiveSettings)
 METRICS = web.AppKey("metrics", Metrics)
+# What everything that expires reads the time from (bridge.runtime.clock).
+CLOCK = web.AppKey("clock", Clock)
 ISSUER_METADATA = web.AppKey("issuer_metadata", IssuerMetadata)
 AUTHENTICATOR = web.AppKey("authenticator", CachedAuthenticator)
 FORWARDER = web.AppKey("forwarder", Forwarder)

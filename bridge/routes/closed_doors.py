@@ -196,7 +196,7 @@ async def refuse(request: web.Request, path: str) -> None:
     if (config.issuer.kind == "mas" or config.login is not None) and COMPAT_PATH.match(
         request.rel_url.raw_path
     ):
-        return  # MAS's compatibility layer (bridge.routes.mas_compat) or the bridge's (bridge.login)
+        return  # MAS compatibility (bridge.routes.mas_compat) or the bridge's (bridge.login)
     what = closed_door(request.method, path)
     if what is not None:
         request.app[METRICS].closed_door[_RULES[what]].inc()
