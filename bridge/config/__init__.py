@@ -48,6 +48,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from bridge.auth.jws import ASYMMETRIC_ALGORITHMS
 from bridge.errors import ConfigError
 
 IntrospectionAuth = Literal["client_secret_basic", "client_secret_post", "mas_shared_secret"]
@@ -435,18 +436,11 @@ class IntrospectionConfig(Section):
         return self
 
 
-# JWS algorithms a JWT access token may be signed with. Never ``none`` nor an
-# HMAC (HS*): a shared secret the issuer also publishes is no signature.
-JWT_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
-
-
 def _jwt_algorithms(values: tuple[str, ...]) -> tuple[str, ...]:
     for value in values:
-        if value not in JWT_ALGORITHMS:
+        if value not in ASYMMETRIC_ALGORITHMS:
             # none and HS*: a token anyone holding the public key could sign.
-            allowed = ", ".join(sorted(JWT_ALGORITHMS))
+            allowed = ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
             raise ValueError(f"{value!r} is not allowed (one of {allowed})")
     return values
 
@@ -638,9 +632,6 @@ class StoreConfig(Section):
         return self
 
 
-_SIGNING_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
 # What a redirectUrl allow-list entry may be: an absolute URL prefix.
 _URL_PREFIX = re.compile(r"[a-z][a-z0-9+.-]*:\S*")
 
@@ -655,7 +646,7 @@ def _redirect_prefix(value: str) -> str:
 
 
 def _signing_algorithm(value: str) -> str:
-    if value not in _SIGNING_ALGORITHMS:
+    if value not in ASYMMETRIC_ALGORITHMS:
         raise ValueError(
             f"{value!r} is not an asymmetric JWS algorithm (none and HMAC are never accepted)"
         )
