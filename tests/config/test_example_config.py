@@ -15,7 +15,7 @@ from bridge.config import BridgeConfig, _unwrap, json_schema, load_config
 from tests.cli.test_cli import bridge_cli
 from tests.config.test_config import minimal
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "bridge.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "bridge.example.yaml"
 # Settings the example can only show in a comment (they exclude one it sets).
 COMMENTED = {"store.dsn": "kind: postgres only"}
 
