@@ -34,6 +34,9 @@ from typing import Any
 import aiohttp
 import jwt
 
+from bridge.auth.jws import EC_CURVES as _EC_CURVES
+from bridge.auth.jws import OKP_CURVES as _OKP_CURVES
+from bridge.auth.jws import RSA_ALGORITHMS as _RSA
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.introspection import retry_after
@@ -47,10 +50,6 @@ log = logging.getLogger("bridge.issuer")
 # A JWKS larger than this, or with more keys, is not a JWKS.
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
-
-_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
-_OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 
 
 def fits(jwk: Mapping[str, Any], alg: str) -> bool:
