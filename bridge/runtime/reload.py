@@ -32,7 +32,7 @@ from bridge.errors import ConfigError, IssuerUnavailable
 from bridge.runtime.systemd import Notifier
 from bridge.state import AUTHENTICATOR, CONFIG, ISSUER_METADATA, LIVE
 
-log = logging.getLogger("bridge.runtime")
+log = logging.getLogger("bridge.runtime.reload")
 
 
 def _flat(document: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -31,7 +31,7 @@ from bridge.runtime.reload import Reloader
 from bridge.runtime.systemd import Notifier
 from bridge.state import CONFIG
 
-log = logging.getLogger("bridge.runtime")
+log = logging.getLogger("bridge.runtime.serve")
 
 
 def event_loop() -> asyncio.AbstractEventLoop:

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 
-log = logging.getLogger("bridge.runtime")
+log = logging.getLogger("bridge.runtime.systemd")
 
 NOTIFY_ENV = "NOTIFY_SOCKET"
 

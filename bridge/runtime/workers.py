@@ -57,7 +57,7 @@ from aiohttp import web
 from bridge.runtime.background import running
 from bridge.runtime.systemd import Notifier
 
-log = logging.getLogger("bridge.runtime")
+log = logging.getLogger("bridge.runtime.workers")
 
 READY = b"ready\n"
 # aiohttp's own default (web.run_app's backlog).

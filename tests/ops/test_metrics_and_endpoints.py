@@ -19,7 +19,7 @@ from bridge.app import create_app
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.oauth import GrantRefused
 from bridge.ops.endpoints import create_ops_app
-from bridge.ops.endpoints import metrics as m
+from bridge.ops import metrics as m
 from bridge.ops.metrics import PREFIX
 from bridge.routes.provisioning import ENDPOINTS
 from bridge.runtime.reload import Reloader

@@ -259,7 +259,7 @@ async def test_metrics_of_two_workers_are_served_together(
         assert len(served_by) == 2  # both workers answered some
 
         async def scrape() -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
-            async with session.get(bridge.ops.endpoints + "/metrics") as resp:
+            async with session.get(bridge.ops + "/metrics") as resp:
                 assert resp.status == 200
                 text = await resp.text()
             return text, {
@@ -292,7 +292,7 @@ async def test_metrics_of_two_workers_are_served_together(
                 assert PREFIX + family in names
             assert not any("pid" in dict(labels) for _, labels in samples)
 
-        async with session.get(bridge.ops.endpoints + "/ready") as resp:
+        async with session.get(bridge.ops + "/ready") as resp:
             assert resp.status == 200
             assert (await resp.json())["ready"] is True
     assert bridge.process is not None
