@@ -135,7 +135,7 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         assert verifier is not None  # the config requires introspection where it is needed
         namespace = cache_namespace(issuer.validation, issuer.issuer)
         authenticator = app[AUTHENTICATOR] = CachedAuthenticator(
-            verifier, config.token_cache, metrics, namespace=namespace
+            verifier, config.token_cache, metrics, clock=app[CLOCK], namespace=namespace
         )
         if issuer.validation != "introspection":
             app[SIGNING_KEYS].on_unpublished = lambda kids: _forget_sessions(authenticator, kids)
