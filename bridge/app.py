@@ -269,6 +269,7 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         algorithms=config.login.signing_algorithms,
         keys=signing_keys(app),
         leeway=config.issuer.leeway,
+        clock=app[CLOCK],
     )
     app[LOGIN] = LoginLayer(
         config=config,
@@ -279,6 +280,7 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         moments=moments,
         strategy=app[STRATEGY],
         appservice=app[APPSERVICE],
+        clock=app[CLOCK],
     )
     # Before the first request: every moment already recorded.
     moments.apply(await store.logout_moments_since(0))
@@ -429,7 +431,7 @@ def create_app(
     app[LIVE] = LiveSettings.from_config(config)
     app[RESET_APPROVALS] = CrossSigningResetApprovals()
     app[LOGOUT_MOMENTS] = LogoutMoments(
-        on_logout=lambda user_id, device_id: _drop_cached_sessions(app, user_id, device_id)
+        clock, on_logout=lambda user_id, device_id: _drop_cached_sessions(app, user_id, device_id)
     )
     app.cleanup_ctx.append(probe_homeserver)
     app.cleanup_ctx.append(issuer_client)

@@ -21,7 +21,6 @@ refusal is a :class:`JwtRefused` with a reason fit for a log line (never the tok
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ import jwt
 
 from bridge.auth.jws import HeaderRules
 from bridge.auth.jws import JwtRefused as JwtRefused  # the login layer's refusals
+from bridge.runtime.clock import Clock
 
 # A logout token issued longer ago than this is refused, so that its jti need
 # only be remembered this long.
@@ -61,7 +61,10 @@ class LogoutClaims:
 
 
 class JwtChecks:
-    """Checks ID and logout tokens for one issuer and one client."""
+    """Checks ID and logout tokens for one issuer and one client.
+
+    ``clock`` dates a logout token's age (:data:`LOGOUT_TOKEN_MAX_AGE`); PyJWT
+    checks ``exp`` and ``iat`` against the system clock, which has no seam."""
 
     def __init__(
         self,
@@ -71,6 +74,7 @@ class JwtChecks:
         algorithms: tuple[str, ...],
         keys: SigningKeySource,
         leeway: float,
+        clock: Clock,
     ) -> None:
         self._issuer = issuer
         self._client_id = client_id
@@ -82,6 +86,7 @@ class JwtChecks:
         )
         self.keys = keys
         self._leeway = leeway  # seconds of clock skew allowed (issuer.leeway)
+        self._clock = clock
 
     def _header(self, token: str) -> tuple[dict[str, Any], str, str | None]:
         """The header, its ``alg`` and its ``kid``."""
@@ -153,7 +158,7 @@ class JwtChecks:
         sid = sid if isinstance(sid, str) and sid else None
         if sub is None and sid is None:
             raise JwtRefused("neither sub nor sid")
-        now = time.time()
+        now = self._clock.time()
         iat = claims["iat"]
         if not isinstance(iat, int | float) or isinstance(iat, bool):
             raise JwtRefused("iat is not a number")

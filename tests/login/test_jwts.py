@@ -10,7 +10,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bridge.login.jwts import BACKCHANNEL_LOGOUT_EVENT, JwtChecks, JwtRefused
+from bridge.login.jwts import (
+    BACKCHANNEL_LOGOUT_EVENT,
+    LOGOUT_TOKEN_MAX_AGE,
+    JwtChecks,
+    JwtRefused,
+)
+from tests.support.clock import FakeClock
 
 ISSUER = "https://issuer.example.test/"
 CLIENT = "bridge-client"
@@ -27,8 +33,16 @@ class Keys:
         return jwt.PyJWK(PUBLIC, alg) if kid == "k1" else "unknown kid"
 
 
-def checks() -> JwtChecks:
-    return JwtChecks(issuer=ISSUER, client_id=CLIENT, algorithms=("RS256",), keys=Keys(), leeway=30)
+def checks(clock: FakeClock | None = None) -> JwtChecks:
+    """The checks, on a clock that starts now (PyJWT reads the real one for ``exp``)."""
+    return JwtChecks(
+        issuer=ISSUER,
+        client_id=CLIENT,
+        algorithms=("RS256",),
+        keys=Keys(),
+        leeway=30,
+        clock=clock if clock is not None else FakeClock(time.time()),
+    )
 
 
 def sign(claims: dict[str, Any], *, kid: str = "k1", **header: Any) -> str:
@@ -122,6 +136,17 @@ async def test_a_good_logout_token() -> None:
 async def test_bad_logout_tokens(changes: dict[str, Any]) -> None:
     with pytest.raises(JwtRefused):
         await checks().logout_token(sign(logout_claims(**changes)))
+
+
+async def test_a_logout_token_is_refused_once_older_than_its_max_age_by_the_clock() -> None:
+    claims = logout_claims(exp=None)
+    clock = FakeClock(claims["iat"])
+    token = sign(claims)
+    clock.advance(LOGOUT_TOKEN_MAX_AGE)
+    assert (await checks(clock).logout_token(token)).jti == "j1"
+    clock.advance(1)
+    with pytest.raises(JwtRefused, match="issued too long ago"):
+        await checks(clock).logout_token(token)
 
 
 async def test_a_logout_token_typed_as_something_else_is_refused() -> None:
