@@ -269,7 +269,6 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         algorithms=config.login.signing_algorithms,
         keys=signing_keys(app),
         leeway=config.issuer.leeway,
-        clock=app[CLOCK],
     )
     app[LOGIN] = LoginLayer(
         config=config,

@@ -28,7 +28,6 @@ import jwt
 
 from bridge.auth.jws import HeaderRules
 from bridge.auth.jws import JwtRefused as JwtRefused  # the login layer's refusals
-from bridge.runtime.clock import Clock
 
 # A logout token issued longer ago than this is refused, so that its jti need
 # only be remembered this long.
@@ -61,10 +60,7 @@ class LogoutClaims:
 
 
 class JwtChecks:
-    """Checks ID and logout tokens for one issuer and one client.
-
-    ``clock`` dates a logout token's age (:data:`LOGOUT_TOKEN_MAX_AGE`); PyJWT
-    checks ``exp`` and ``iat`` against the system clock, which has no seam."""
+    """Checks ID and logout tokens for one issuer and one client."""
 
     def __init__(
         self,
@@ -74,7 +70,6 @@ class JwtChecks:
         algorithms: tuple[str, ...],
         keys: SigningKeySource,
         leeway: float,
-        clock: Clock,
     ) -> None:
         self._issuer = issuer
         self._client_id = client_id
@@ -86,7 +81,6 @@ class JwtChecks:
         )
         self.keys = keys
         self._leeway = leeway  # seconds of clock skew allowed (issuer.leeway)
-        self._clock = clock
 
     def _header(self, token: str) -> tuple[dict[str, Any], str, str | None]:
         """The header, its ``alg`` and its ``kid``."""
@@ -137,8 +131,10 @@ class JwtChecks:
             raise JwtRefused("sub is not a string")
         return IdTokenClaims(sub=sub, sid=sid if isinstance(sid, str) and sid else None)
 
-    async def logout_token(self, token: str) -> LogoutClaims:
-        """The checked claims of a logout token (Back-Channel Logout §2.6)."""
+    async def logout_token(self, token: str, *, now: float) -> LogoutClaims:
+        """The checked claims of a logout token (Back-Channel Logout §2.6), received at
+        ``now`` (Unix seconds, the bridge's clock: its age is the bridge's to judge;
+        PyJWT checks ``exp`` and ``iat`` against the system clock)."""
         header, alg, kid = self._header(token)
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _LOGOUT_TYPES):
@@ -158,7 +154,6 @@ class JwtChecks:
         sid = sid if isinstance(sid, str) and sid else None
         if sub is None and sid is None:
             raise JwtRefused("neither sub nor sid")
-        now = self._clock.time()
         iat = claims["iat"]
         if not isinstance(iat, int | float) or isinstance(iat, bool):
             raise JwtRefused("iat is not a number")
