@@ -65,6 +65,7 @@ from bridge.config import BridgeConfig, parse_config
 from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.runtime.clock import SYSTEM_CLOCK
 
 WHOAMI = "/_matrix/client/v3/account/whoami"
 VALIDATION = "jwt_then_introspection"
@@ -166,6 +167,7 @@ async def cache_hits(config: BridgeConfig, jwt_token: str, quick: bool) -> None:
     auth = CachedAuthenticator(
         Always(),
         config.token_cache,
+        clock=SYSTEM_CLOCK,
         namespace=cache_namespace(config.issuer.validation, config.issuer.issuer),
     )
     opaque = "mat_" + secrets.token_urlsafe(30)

@@ -135,7 +135,7 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
         assert verifier is not None  # the config requires introspection where it is needed
         namespace = cache_namespace(issuer.validation, issuer.issuer)
         authenticator = app[AUTHENTICATOR] = CachedAuthenticator(
-            verifier, config.token_cache, metrics, namespace=namespace
+            verifier, config.token_cache, metrics, clock=app[CLOCK], namespace=namespace
         )
         if issuer.validation != "introspection":
             app[SIGNING_KEYS].on_unpublished = lambda kids: _forget_sessions(authenticator, kids)
@@ -279,6 +279,7 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
         moments=moments,
         strategy=app[STRATEGY],
         appservice=app[APPSERVICE],
+        clock=app[CLOCK],
     )
     # Before the first request: every moment already recorded.
     moments.apply(await store.logout_moments_since(0))
@@ -429,7 +430,7 @@ def create_app(
     app[LIVE] = LiveSettings.from_config(config)
     app[RESET_APPROVALS] = CrossSigningResetApprovals()
     app[LOGOUT_MOMENTS] = LogoutMoments(
-        on_logout=lambda user_id, device_id: _drop_cached_sessions(app, user_id, device_id)
+        clock, on_logout=lambda user_id, device_id: _drop_cached_sessions(app, user_id, device_id)
     )
     app.cleanup_ctx.append(probe_homeserver)
     app.cleanup_ctx.append(issuer_client)

@@ -39,6 +39,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from bridge.app import create_app
 from bridge.config import BridgeConfig, parse_config
+from bridge.runtime.clock import SYSTEM_CLOCK, Clock
 
 SERVER_NAME = "example.test"
 PUBLIC_BASEURL = "https://matrix.example.test/"
@@ -512,7 +513,12 @@ def bridge_document(
 
 
 async def start_bridge(
-    aiohttp_client: AiohttpClient, config: BridgeConfig, **client_kwargs: Any
+    aiohttp_client: AiohttpClient,
+    config: BridgeConfig,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    **client_kwargs: Any,
 ) -> BridgeClient:
-    """Serve ``create_app(config)`` and return a client for it (its startup has run)."""
-    return await aiohttp_client(create_app(config), **client_kwargs)
+    """Serve ``create_app(config, clock=clock)`` and return a client for it (its startup
+    has run)."""
+    return await aiohttp_client(create_app(config, clock=clock), **client_kwargs)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from typing import TypeAlias
 
@@ -44,11 +43,12 @@ from bridge.auth.verifier import TokenVerifier, Verdict
 from bridge.config import TokenCacheConfig
 from bridge.errors import IssuerUnavailable
 from bridge.ops.metrics import Metrics
+from bridge.runtime.clock import Clock
 from bridge.runtime.singleflight import SingleFlight
 
 log = logging.getLogger("bridge.auth")
 
-# identity, fresh until, usable until (both time.monotonic()), the token's exp
+# identity, fresh until, usable until (both Clock.monotonic()), the token's exp
 # (Unix time) or None, the kid of the key that verified it (Verdict.key_id). A
 # tuple: the hit path reads it by index, cheaply.
 _Session: TypeAlias = tuple[Identity, float, float, float | None, str | None]
@@ -69,10 +69,12 @@ class TokenCache:
 
     ``sessions``: key → :data:`_Session`, least recently used first.
     ``refused``: key → (verdict, until), oldest first.
+    ``clock``: what the deadlines are read from.
     """
 
-    def __init__(self, config: TokenCacheConfig) -> None:
+    def __init__(self, config: TokenCacheConfig, clock: Clock) -> None:
         self.config = config
+        self.clock = clock
         self.sessions: OrderedDict[bytes, _Session] = OrderedDict()
         self.refused: OrderedDict[bytes, tuple[Verdict, float]] = OrderedDict()
         # user → device → keys of its cached sessions. Entries evicted meanwhile
@@ -95,7 +97,7 @@ class TokenCache:
         self.config = config
         while len(self.sessions) > config.max_size:
             self.sessions.popitem(last=False)
-        latest = time.monotonic() + config.max_ttl
+        latest = self.clock.monotonic() + config.max_ttl
         for key, (identity, fresh, usable, exp, key_id) in list(self.sessions.items()):
             if fresh > latest:
                 self.sessions[key] = (identity, latest, max(usable, latest), exp, key_id)
@@ -109,11 +111,11 @@ class TokenCache:
         if generation != self.generation:
             return
         config = self.config
-        now = time.monotonic()
+        now = self.clock.monotonic()
         ttl = config.max_ttl
         usable: float | None = None
         if verdict.expires_at is not None:
-            left = verdict.expires_at - time.time()
+            left = verdict.expires_at - self.clock.time()
             ttl = min(ttl, left)
             if config.stale_if_error:
                 usable = left
@@ -140,7 +142,7 @@ class TokenCache:
         self.sessions.pop(key, None)
         if self.config.negative_ttl <= 0:
             return
-        self.refused[key] = (verdict, time.monotonic() + self.config.negative_ttl)
+        self.refused[key] = (verdict, self.clock.monotonic() + self.config.negative_ttl)
         self.refused.move_to_end(key)
         if len(self.refused) > self.config.negative_max_size:
             self.refused.popitem(last=False)
@@ -204,7 +206,8 @@ class CachedAuthenticator:
     """Token → :class:`Identity`, through a :class:`TokenCache` and single flight.
 
     ``namespace`` (:func:`cache_namespace`) keeps the answers of this
-    authenticator's mode and issuer apart from any other's in a shared ``cache``.
+    authenticator's mode and issuer apart from any other's in a shared ``cache``
+    (which must read the same ``clock``).
     """
 
     def __init__(
@@ -213,13 +216,19 @@ class CachedAuthenticator:
         config: TokenCacheConfig,
         metrics: Metrics | None = None,
         *,
+        clock: Clock,
         namespace: bytes = b"",
         cache: TokenCache | None = None,
     ) -> None:
         self._verifier = verifier
         self._namespace = namespace
-        self.cache = cache if cache is not None else TokenCache(config)
+        if cache is not None and cache.clock is not clock:
+            raise ValueError("a shared token cache must read the authenticator's clock")
+        self.cache = cache if cache is not None else TokenCache(config, clock)
         self._sessions = self.cache.sessions
+        # Bound once: the hit path calls it as cheaply as it would time.monotonic.
+        self._monotonic = clock.monotonic
+        self._time = clock.time
         self._inflight: SingleFlight[bytes, Verdict] = SingleFlight()
         self.hits = 0  # refusals served from the cache included
         self.negative_hits = 0
@@ -277,7 +286,7 @@ class CachedAuthenticator:
 
     def _fresh(self, key: bytes) -> Identity | None:
         session = self._sessions.get(key)
-        if session is None or session[1] <= time.monotonic():
+        if session is None or session[1] <= self._monotonic():
             return None
         self._sessions.move_to_end(key)
         self.hits += 1
@@ -291,7 +300,7 @@ class CachedAuthenticator:
             return identity
         refused = self.cache.refused.get(key)
         if refused is not None:
-            if refused[1] > time.monotonic():
+            if refused[1] > self._monotonic():
                 self.hits += 1
                 self.negative_hits += 1
                 return refused[0].identity_or_raise()
@@ -333,7 +342,7 @@ class CachedAuthenticator:
             verdict = await self._verifier.verify(token)
         except IssuerUnavailable as e:
             self._validations["issuer_unavailable"].inc()
-            now = time.monotonic()
+            now = self._monotonic()
             if stale is None or stale[2] <= now or self._sessions.get(key) is not stale:
                 raise
             # Ask again after the issuer's own Retry-After, never past exp.
@@ -349,7 +358,7 @@ class CachedAuthenticator:
         if (
             stale is not None
             and stale[3] is not None
-            and stale[3] <= time.time()
+            and stale[3] <= self._time()
             and not verdict.forbidden
         ):
             # A session this cache held has reached its exp: whatever the issuer

@@ -31,10 +31,10 @@ device. Issuer and bridge clocks must agree (NTP), as for ``exp``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 from bridge.auth.identity import Identity
+from bridge.runtime.clock import Clock
 from bridge.store.records import LogoutMoment, digest
 
 log = logging.getLogger("bridge.auth")
@@ -46,15 +46,22 @@ TOKEN_MOMENT_DEVICE = "<one device-less token>"  # noqa: S105 (a placeholder, no
 
 
 class LogoutMoments:
-    """Per user and per (user, device): the latest logout moment, in memory."""
+    """Per user and per (user, device): the latest logout moment, in memory.
 
-    def __init__(self, on_logout: OnLogout | None = None) -> None:
+    ``clock``: what dates a logout happening now (:meth:`now`)."""
+
+    def __init__(self, clock: Clock, on_logout: OnLogout | None = None) -> None:
+        self._clock = clock
         self._users: dict[str, int] = {}
         self._devices: dict[tuple[str, str], int] = {}
         # user → digests of its device-less tokens logged out → when.
         self._tokens: dict[str, dict[str, int]] = {}
         self._on_logout = on_logout
         self.seen = 0  # the highest store sequence number applied
+
+    def now(self) -> int:
+        """The moment of a logout happening now (whole seconds, as ``iat``)."""
+        return int(self._clock.time())
 
     def __len__(self) -> int:
         return len(self._users) + len(self._devices) + sum(map(len, self._tokens.values()))
@@ -115,8 +122,3 @@ class LogoutMoments:
             u: {t: m for t, m in ended.items() if m >= before} for u, ended in self._tokens.items()
         }
         self._tokens = {u: ended for u, ended in tokens.items() if ended}
-
-
-def now_moment() -> int:
-    """The moment of a logout happening now (whole seconds, as ``iat``)."""
-    return int(time.time())

@@ -60,7 +60,7 @@ async def backchannel_logout(request: web.Request) -> web.Response:
     if len(tokens) != 1:
         return _answer(400, "invalid_request", "exactly one logout_token is needed")
     try:
-        claims = await layer.jwts.logout_token(tokens[0])
+        claims = await layer.jwts.logout_token(tokens[0], now=layer.clock.time())
     except JwtRefused as e:
         log.warning("logout token refused: %s", e)
         return _answer(400, "invalid_request", "the logout token is not valid")

@@ -21,7 +21,6 @@ refusal is a :class:`JwtRefused` with a reason fit for a log line (never the tok
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -132,8 +131,10 @@ class JwtChecks:
             raise JwtRefused("sub is not a string")
         return IdTokenClaims(sub=sub, sid=sid if isinstance(sid, str) and sid else None)
 
-    async def logout_token(self, token: str) -> LogoutClaims:
-        """The checked claims of a logout token (Back-Channel Logout §2.6)."""
+    async def logout_token(self, token: str, *, now: float) -> LogoutClaims:
+        """The checked claims of a logout token (Back-Channel Logout §2.6), received at
+        ``now`` (Unix seconds, the bridge's clock: its age is the bridge's to judge;
+        PyJWT checks ``exp`` and ``iat`` against the system clock)."""
         header, alg, kid = self._header(token)
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _LOGOUT_TYPES):
@@ -153,7 +154,6 @@ class JwtChecks:
         sid = sid if isinstance(sid, str) and sid else None
         if sub is None and sid is None:
             raise JwtRefused("neither sub nor sid")
-        now = time.time()
         iat = claims["iat"]
         if not isinstance(iat, int | float) or isinstance(iat, bool):
             raise JwtRefused("iat is not a number")

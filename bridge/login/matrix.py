@@ -20,7 +20,6 @@ Errors are Matrix JSON with the status Synapse uses for each.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -94,7 +93,7 @@ async def _token_login(
         raise BadRequest("Missing login token", errcode="M_MISSING_PARAM")
     requested = _requested_device(parsed)
     display_name = _display_name(parsed)
-    taken = await layer.store.take_secret(LOGIN_TOKEN, token, int(time.time()))
+    taken = await layer.store.take_secret(LOGIN_TOKEN, token, int(layer.clock.time()))
     if taken is None:
         raise Forbidden("Invalid login token")
     issued = Issued.from_json(taken[1])
@@ -104,7 +103,7 @@ async def _token_login(
         )
     identity = await _still_valid(request, issued.access_token)
     await layer.provision(identity, display_name)
-    return web.json_response(issued.matrix_answer(client_document(request)))
+    return web.json_response(issued.matrix_answer(client_document(request), layer.clock.time()))
 
 
 async def _still_valid(request: web.Request, access_token: str) -> Identity:
@@ -162,7 +161,7 @@ async def _password_login(
     except LoginFailed as e:
         raise Forbidden(str(e)) from e
     await layer.provision(identity, display_name)
-    return web.json_response(issued.matrix_answer(client_document(request)))
+    return web.json_response(issued.matrix_answer(client_document(request), layer.clock.time()))
 
 
 async def refresh(request: web.Request) -> web.Response:

@@ -27,12 +27,11 @@ import json
 import logging
 import secrets
 import string
-import time
 from dataclasses import dataclass
 
 from bridge.auth.cache import CachedAuthenticator
 from bridge.auth.identity import API_SCOPE, DeviceID, Identity, UserID, device_scope
-from bridge.auth.logout_moments import TOKEN_MOMENT_DEVICE, LogoutMoments, now_moment
+from bridge.auth.logout_moments import TOKEN_MOMENT_DEVICE, LogoutMoments
 from bridge.config import BridgeConfig, LoginConfig
 from bridge.errors import MatrixError
 from bridge.homeserver.appservice import AppserviceClient
@@ -40,6 +39,7 @@ from bridge.homeserver.provisioning import MAX_DEVICE_NAME
 from bridge.homeserver.strategy import IdentityStrategy
 from bridge.issuer.oauth import OAuthClient, TokenResponse
 from bridge.login.jwts import JwtChecks, JwtRefused
+from bridge.runtime.clock import Clock
 from bridge.store import LoginSession, Store
 from bridge.store.records import digest
 
@@ -85,8 +85,8 @@ class Issued:
     def from_json(cls, text: str) -> Issued:
         return cls(**json.loads(text))
 
-    def matrix_answer(self, well_known: dict[str, object]) -> dict[str, object]:
-        """The Matrix login (or refresh) answer."""
+    def matrix_answer(self, well_known: dict[str, object], now: float) -> dict[str, object]:
+        """The Matrix login (or refresh) answer, given at ``now`` (Unix seconds)."""
         answer: dict[str, object] = {
             "user_id": self.user_id,
             "device_id": self.device_id,
@@ -96,12 +96,15 @@ class Issued:
         if self.refresh_token is not None:
             answer["refresh_token"] = self.refresh_token
         if self.expires_at is not None:
-            answer["expires_in_ms"] = max(0, int((self.expires_at - time.time()) * 1000))
+            answer["expires_in_ms"] = max(0, int((self.expires_at - now) * 1000))
         return answer
 
 
 class LoginLayer:
-    """The bridge's legacy login layer for a generic OIDC issuer."""
+    """The bridge's legacy login layer for a generic OIDC issuer.
+
+    ``clock``: what its one-time secrets' expiries and its tokens' lifetimes are
+    read from (the app's)."""
 
     def __init__(
         self,
@@ -114,6 +117,7 @@ class LoginLayer:
         moments: LogoutMoments,
         strategy: IdentityStrategy,
         appservice: AppserviceClient,
+        clock: Clock,
     ) -> None:
         assert config.login is not None
         self.config: LoginConfig = config.login
@@ -122,6 +126,7 @@ class LoginLayer:
         self.store = store
         self.authenticator = authenticator
         self.moments = moments
+        self.clock = clock
         self._strategy = strategy
         self._appservice = appservice
         self.redirect_uri = config.public_baseurl.rstrip("/") + "/_bridge/login/callback"
@@ -165,7 +170,7 @@ class LoginLayer:
         await self.store.save_session(
             LoginSession(identity.user_id, identity.device_id, sub, sid, tokens.refresh_token)
         )
-        expires_at = None if tokens.expires_in is None else time.time() + tokens.expires_in
+        expires_at = None if tokens.expires_in is None else self.clock.time() + tokens.expires_in
         issued = Issued(
             identity.user_id,
             identity.device_id,
@@ -200,7 +205,7 @@ class LoginLayer:
         token_hash: str | None = None,
         moment: int | None = None,
     ) -> None:
-        when = now_moment() if moment is None else moment
+        when = self.moments.now() if moment is None else moment
         recorded = await self.store.add_logout_moment(user_id, device_id, when, token_hash)
         self.moments.apply([recorded])
 
@@ -215,7 +220,8 @@ class LoginLayer:
         The moment is dated at the token's ``exp`` where known (not before now), so
         that it is kept, as every moment is, ``login.logout_retention`` past that:
         a token living longer than the retention cannot come back."""
-        moment = now_moment() if expires_at is None else max(now_moment(), int(expires_at))
+        now = self.moments.now()
+        moment = now if expires_at is None else max(now, int(expires_at))
         await self._record(user_id, TOKEN_MOMENT_DEVICE, digest(access_token), moment)
         await self.oauth.revoke(access_token, "access_token")
 

@@ -31,7 +31,6 @@ import json
 import logging
 import re
 import secrets
-import time
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -160,7 +159,7 @@ async def sso_redirect(request: web.Request) -> web.StreamResponse:
             state,
             digest(binding),
             json.dumps(flow),
-            int(time.time() + layer.config.flow_ttl),
+            int(layer.clock.time() + layer.config.flow_ttl),
         )
     except SsoRefused as e:
         return _refused_page(e)
@@ -202,7 +201,7 @@ async def _callback(request: web.Request, layer: LoginLayer) -> web.StreamRespon
     state = query.get("state")
     if not state:
         raise SsoRefused("The login answer has no state.")
-    taken = await layer.store.take_secret(STATE, state, int(time.time()))
+    taken = await layer.store.take_secret(STATE, state, int(layer.clock.time()))
     if taken is None:
         raise SsoRefused("This login has expired or was already completed. Start it again.")
     binding, payload = taken
@@ -236,7 +235,7 @@ async def _callback(request: web.Request, layer: LoginLayer) -> web.StreamRespon
         form_secret,
         binding,
         json.dumps(confirmation),
-        int(time.time() + layer.config.flow_ttl),
+        int(layer.clock.time() + layer.config.flow_ttl),
     )
     return confirmation_page(
         user_id=issued.user_id,
@@ -255,7 +254,7 @@ async def sso_continue(request: web.Request) -> web.StreamResponse:
         form_secret = form.get("session")
         if not isinstance(form_secret, str) or not form_secret:
             raise SsoRefused("The confirmation is incomplete. Start the login again.")
-        taken = await layer.store.take_secret(CONFIRMATION, form_secret, int(time.time()))
+        taken = await layer.store.take_secret(CONFIRMATION, form_secret, int(layer.clock.time()))
         if taken is None:
             raise SsoRefused("This login has expired or was already completed. Start it again.")
         binding, payload = taken
@@ -268,7 +267,7 @@ async def sso_continue(request: web.Request) -> web.StreamResponse:
             login_token,
             "",
             confirmation["issued"],
-            int(time.time() + layer.config.login_token_ttl),
+            int(layer.clock.time() + layer.config.login_token_ttl),
         )
     except SsoRefused as e:
         return _refused_page(e)

@@ -5,45 +5,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from bridge.auth import cache
 from bridge.auth.cache import CachedAuthenticator, TokenCache, cache_namespace, token_key
 from bridge.auth.identity import DeviceID, Identity, UserID
 from bridge.auth.verifier import Verdict
 from bridge.config import TokenCacheConfig
 from bridge.errors import IssuerUnavailable, UnknownToken
+from tests.support.clock import FakeClock
 
 ALICE = Identity(UserID("@alice:example.org"), DeviceID("ABCDEF"), "alice")
 VALID = Verdict(ALICE)
 WALL = 1_700_000_000.0
 
 
-class Clock:
-    """Stands in for the ``time`` module inside bridge.auth.cache."""
-
-    def __init__(self) -> None:
-        self.elapsed = 0.0
-
-    def monotonic(self) -> float:
-        return 1000.0 + self.elapsed
-
-    def time(self) -> float:
-        return WALL + self.elapsed
-
-    def advance(self, seconds: float) -> None:
-        self.elapsed += seconds
-
-
-@pytest.fixture(autouse=True)
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    # Replace the module's reference only: the event loop keeps the real clock.
-    monkeypatch.setattr(cache, "time", SimpleNamespace(monotonic=fake.monotonic, time=fake.time))
-    return fake
+@pytest.fixture
+def clock() -> FakeClock:
+    """The cache's clock (the event loop keeps the real one)."""
+    return FakeClock(WALL)
 
 
 class FakeVerifier:
@@ -64,8 +45,8 @@ class FakeVerifier:
         return self.verdict
 
 
-def authenticator(verifier: FakeVerifier, **config: Any) -> CachedAuthenticator:
-    return CachedAuthenticator(verifier, TokenCacheConfig(**config))
+def authenticator(clock: FakeClock, verifier: FakeVerifier, **config: Any) -> CachedAuthenticator:
+    return CachedAuthenticator(verifier, TokenCacheConfig(**config), clock=clock)
 
 
 async def refused(auth: CachedAuthenticator, token: str) -> UnknownToken:
@@ -83,19 +64,19 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
-async def test_second_call_is_a_hit() -> None:
+async def test_second_call_is_a_hit(clock: FakeClock) -> None:
     verifier = FakeVerifier()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     assert await auth.authenticate("tok") == ALICE
     assert await auth.authenticate("tok") == ALICE
     assert verifier.calls == 1
     assert (auth.hits, auth.misses) == (1, 1)
 
 
-async def test_concurrent_validations_share_one_call() -> None:
+async def test_concurrent_validations_share_one_call(clock: FakeClock) -> None:
     verifier = FakeVerifier()
     verifier.gate = asyncio.Event()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     tasks = [asyncio.create_task(auth.authenticate("fresh")) for _ in range(50)]
     await until(lambda: verifier.calls == 1)
     verifier.gate.set()
@@ -103,11 +84,11 @@ async def test_concurrent_validations_share_one_call() -> None:
     assert verifier.calls == 1
 
 
-async def test_issuer_failure_is_shared_and_not_cached() -> None:
+async def test_issuer_failure_is_shared_and_not_cached(clock: FakeClock) -> None:
     verifier = FakeVerifier()
     verifier.gate = asyncio.Event()
     verifier.error = IssuerUnavailable("issuer down")
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     tasks = [asyncio.create_task(auth.authenticate("tok")) for _ in range(5)]
     await until(lambda: verifier.calls == 1)
     verifier.gate.set()
@@ -121,9 +102,9 @@ async def test_issuer_failure_is_shared_and_not_cached() -> None:
     assert verifier.calls == 2
 
 
-async def test_negative_verdict_is_cached_for_negative_ttl(clock: Clock) -> None:
+async def test_negative_verdict_is_cached_for_negative_ttl(clock: FakeClock) -> None:
     verifier = FakeVerifier(Verdict(None, "Token is not active"))
-    auth = authenticator(verifier, negative_ttl=10)
+    auth = authenticator(clock, verifier, negative_ttl=10)
     for _ in range(2):
         with pytest.raises(UnknownToken, match="not active"):
             await auth.authenticate("bad")
@@ -134,9 +115,9 @@ async def test_negative_verdict_is_cached_for_negative_ttl(clock: Clock) -> None
     assert verifier.calls == 2
 
 
-async def test_negative_ttl_zero_caches_nothing() -> None:
+async def test_negative_ttl_zero_caches_nothing(clock: FakeClock) -> None:
     verifier = FakeVerifier(Verdict(None, "Token is not active"))
-    auth = authenticator(verifier, negative_ttl=0)
+    auth = authenticator(clock, verifier, negative_ttl=0)
     for _ in range(2):
         with pytest.raises(UnknownToken):
             await auth.authenticate("bad")
@@ -144,9 +125,9 @@ async def test_negative_ttl_zero_caches_nothing() -> None:
     assert len(auth) == 0
 
 
-async def test_positive_ttl_is_bounded_by_token_expiry(clock: Clock) -> None:
+async def test_positive_ttl_is_bounded_by_token_expiry(clock: FakeClock) -> None:
     verifier = FakeVerifier(Verdict(ALICE, expires_at=WALL + 1))
-    auth = authenticator(verifier, max_ttl=300)
+    auth = authenticator(clock, verifier, max_ttl=300)
     await auth.authenticate("tok")
     clock.advance(0.5)
     await auth.authenticate("tok")
@@ -156,9 +137,9 @@ async def test_positive_ttl_is_bounded_by_token_expiry(clock: Clock) -> None:
     assert verifier.calls == 2
 
 
-async def test_positive_ttl_is_bounded_by_max_ttl(clock: Clock) -> None:
+async def test_positive_ttl_is_bounded_by_max_ttl(clock: FakeClock) -> None:
     verifier = FakeVerifier(Verdict(ALICE, expires_at=WALL + 3600))
-    auth = authenticator(verifier, max_ttl=300)
+    auth = authenticator(clock, verifier, max_ttl=300)
     await auth.authenticate("tok")
     clock.advance(299)
     await auth.authenticate("tok")
@@ -168,19 +149,19 @@ async def test_positive_ttl_is_bounded_by_max_ttl(clock: Clock) -> None:
     assert verifier.calls == 2
 
 
-async def test_already_expired_verdict_is_not_cached() -> None:
+async def test_already_expired_verdict_is_not_cached(clock: FakeClock) -> None:
     # The verifier allows some clock skew, so it may accept a token just past exp.
     verifier = FakeVerifier(Verdict(ALICE, expires_at=WALL - 5))
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     await auth.authenticate("tok")
     await auth.authenticate("tok")
     assert verifier.calls == 2
 
 
-async def test_keys_are_sha256_digests_of_mode_issuer_and_token() -> None:
+async def test_keys_are_sha256_digests_of_mode_issuer_and_token(clock: FakeClock) -> None:
     token = "syt_secret_token"
     namespace = cache_namespace("introspection", "https://issuer.example/")
-    auth = CachedAuthenticator(FakeVerifier(), TokenCacheConfig(), namespace=namespace)
+    auth = CachedAuthenticator(FakeVerifier(), TokenCacheConfig(), clock=clock, namespace=namespace)
     await auth.authenticate(token)
     keys = list(auth.cache.sessions.keys())
     assert token.encode() not in keys
@@ -189,16 +170,16 @@ async def test_keys_are_sha256_digests_of_mode_issuer_and_token() -> None:
     assert keys == [expected.digest()]
 
 
-async def test_cache_is_bounded() -> None:
-    auth = authenticator(FakeVerifier(), max_size=2)
+async def test_cache_is_bounded(clock: FakeClock) -> None:
+    auth = authenticator(clock, FakeVerifier(), max_size=2)
     for token in ("a", "b", "c"):
         await auth.authenticate(token)
     assert len(auth) == 2
 
 
-async def test_forget() -> None:
+async def test_forget(clock: FakeClock) -> None:
     verifier = FakeVerifier()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     await auth.authenticate("tok")
     auth.forget("tok")
     auth.forget("never-seen")
@@ -206,10 +187,10 @@ async def test_forget() -> None:
     assert verifier.calls == 2
 
 
-async def test_cancelled_waiter_does_not_cancel_the_others() -> None:
+async def test_cancelled_waiter_does_not_cancel_the_others(clock: FakeClock) -> None:
     verifier = FakeVerifier()
     verifier.gate = asyncio.Event()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     quitter = asyncio.create_task(auth.authenticate("tok"))
     stayer = asyncio.create_task(auth.authenticate("tok"))
     await until(lambda: verifier.calls == 1)
@@ -222,10 +203,10 @@ async def test_cancelled_waiter_does_not_cancel_the_others() -> None:
     assert len(auth) == 1
 
 
-async def test_verification_finishes_when_every_waiter_leaves() -> None:
+async def test_verification_finishes_when_every_waiter_leaves(clock: FakeClock) -> None:
     verifier = FakeVerifier()
     verifier.gate = asyncio.Event()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     task = asyncio.create_task(auth.authenticate("tok"))
     await until(lambda: verifier.calls == 1)
     task.cancel()
@@ -235,7 +216,7 @@ async def test_verification_finishes_when_every_waiter_leaves() -> None:
     assert verifier.calls == 1
 
 
-async def test_inactive_tokens_never_evict_a_live_session() -> None:
+async def test_inactive_tokens_never_evict_a_live_session(clock: FakeClock) -> None:
     """Garbage is kept in its own bounded cache (security finding 5)."""
 
     class Verifier(FakeVerifier):
@@ -244,7 +225,7 @@ async def test_inactive_tokens_never_evict_a_live_session() -> None:
             return VALID if token == "live" else Verdict(None, "Token is not active")
 
     verifier = Verifier()
-    auth = authenticator(verifier, max_size=1, negative_max_size=100)
+    auth = authenticator(clock, verifier, max_size=1, negative_max_size=100)
     await auth.authenticate("live")
     for n in range(1_000):
         with pytest.raises(UnknownToken):
@@ -265,9 +246,9 @@ class PerTokenVerifier(FakeVerifier):
         return Verdict(Identity(UserID(f"@{user}:example.org"), DeviceID(device), user))
 
 
-async def test_forget_device_drops_every_session_of_that_device_only() -> None:
+async def test_forget_device_drops_every_session_of_that_device_only(clock: FakeClock) -> None:
     verifier = PerTokenVerifier()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     tokens = ["alice/DEVA/1", "alice/DEVA/2", "alice/DEVB/1", "bob/DEVA/1"]
     for token in tokens:
         await auth.authenticate(token)
@@ -279,9 +260,9 @@ async def test_forget_device_drops_every_session_of_that_device_only() -> None:
     assert verifier.calls == 4 + 2  # only alice's DEVA sessions were asked about again
 
 
-async def test_forget_user_drops_every_device_of_that_user_only() -> None:
+async def test_forget_user_drops_every_device_of_that_user_only(clock: FakeClock) -> None:
     verifier = PerTokenVerifier()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     tokens = ["alice/DEVA/1", "alice/DEVB/1", "bob/DEVA/1"]
     for token in tokens:
         await auth.authenticate(token)
@@ -292,10 +273,12 @@ async def test_forget_user_drops_every_device_of_that_user_only() -> None:
     assert verifier.calls == 3 + 2
 
 
-async def test_a_verification_running_while_its_device_is_forgotten_is_not_cached() -> None:
+async def test_a_verification_running_while_its_device_is_forgotten_is_not_cached(
+    clock: FakeClock,
+) -> None:
     verifier = PerTokenVerifier()
     verifier.gate = asyncio.Event()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     task = asyncio.create_task(auth.authenticate("alice/DEVA/1"))
     await until(lambda: verifier.calls == 1)
     auth.forget_device("@alice:example.org", "DEVA")
@@ -304,9 +287,9 @@ async def test_a_verification_running_while_its_device_is_forgotten_is_not_cache
     assert len(auth) == 0
 
 
-async def test_the_index_stays_bounded_when_the_cache_evicts() -> None:
+async def test_the_index_stays_bounded_when_the_cache_evicts(clock: FakeClock) -> None:
     verifier = PerTokenVerifier()
-    auth = authenticator(verifier, max_size=3)
+    auth = authenticator(clock, verifier, max_size=3)
     for n in range(100):
         await auth.authenticate(f"user{n}/DEV/1")
     assert len(auth) == 3
@@ -335,9 +318,9 @@ class ScriptedVerifier(FakeVerifier):
         return answer
 
 
-async def test_a_hit_never_extends_an_entry_and_ttl_never_outlives_exp(clock: Clock) -> None:
+async def test_a_hit_never_extends_an_entry_and_ttl_never_outlives_exp(clock: FakeClock) -> None:
     verifier = FakeVerifier(Verdict(ALICE, expires_at=WALL + 50))
-    auth = authenticator(verifier, max_ttl=120, stale_if_error=False)
+    auth = authenticator(clock, verifier, max_ttl=120, stale_if_error=False)
     await auth.authenticate("tok")
     for _ in range(49):  # a hit every second: none of them moves the deadline
         clock.advance(1)
@@ -349,10 +332,10 @@ async def test_a_hit_never_extends_an_entry_and_ttl_never_outlives_exp(clock: Cl
 
 
 async def test_max_ttl_bounds_a_long_lived_token_and_a_hit_does_not_extend_it(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
     verifier = FakeVerifier(Verdict(ALICE, expires_at=WALL + 3600))
-    auth = authenticator(verifier, max_ttl=120)
+    auth = authenticator(clock, verifier, max_ttl=120)
     await auth.authenticate("tok")
     clock.advance(119.9)
     assert auth.cached("tok") == ALICE
@@ -367,10 +350,10 @@ async def test_default_max_ttl_is_synapses_120_seconds() -> None:
 
 
 async def test_inactive_then_active_is_checked_again_after_the_negative_ttl(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
     verifier = ScriptedVerifier(Verdict(None, "Token is not active"), VALID)
-    auth = authenticator(verifier, negative_ttl=10)
+    auth = authenticator(clock, verifier, negative_ttl=10)
     await refused(auth, "tok")
     clock.advance(9)
     await refused(auth, "tok")  # still the refusal, from the cache
@@ -380,8 +363,8 @@ async def test_inactive_then_active_is_checked_again_after_the_negative_ttl(
     assert verifier.calls == 2
 
 
-async def test_a_second_issuer_or_mode_never_reads_anothers_answers() -> None:
-    shared = TokenCache(TokenCacheConfig())
+async def test_a_second_issuer_or_mode_never_reads_anothers_answers(clock: FakeClock) -> None:
+    shared = TokenCache(TokenCacheConfig(), clock)
     verifiers = [FakeVerifier() for _ in range(3)]
     namespaces = [
         cache_namespace("introspection", "https://one.example/"),
@@ -389,7 +372,7 @@ async def test_a_second_issuer_or_mode_never_reads_anothers_answers() -> None:
         cache_namespace("jwt", "https://one.example/"),
     ]
     auths = [
-        CachedAuthenticator(v, shared.config, namespace=n, cache=shared)
+        CachedAuthenticator(v, shared.config, clock=clock, namespace=n, cache=shared)
         for v, n in zip(verifiers, namespaces, strict=True)
     ]
     for auth in auths:
@@ -399,22 +382,30 @@ async def test_a_second_issuer_or_mode_never_reads_anothers_answers() -> None:
     assert len(shared.sessions) == 3
 
 
-async def test_a_refusal_under_one_issuer_does_not_refuse_under_another() -> None:
-    shared = TokenCache(TokenCacheConfig())
+async def test_a_refusal_under_one_issuer_does_not_refuse_under_another(clock: FakeClock) -> None:
+    shared = TokenCache(TokenCacheConfig(), clock)
     bad = CachedAuthenticator(
         FakeVerifier(Verdict(None, "Token is not active")),
         shared.config,
+        clock=clock,
         namespace=cache_namespace("introspection", "https://one.example/"),
         cache=shared,
     )
     good = CachedAuthenticator(
         FakeVerifier(),
         shared.config,
+        clock=clock,
         namespace=cache_namespace("introspection", "https://two.example/"),
         cache=shared,
     )
     await refused(bad, "tok")
     assert await good.authenticate("tok") == ALICE
+
+
+def test_a_shared_cache_must_read_the_authenticators_clock(clock: FakeClock) -> None:
+    shared = TokenCache(TokenCacheConfig(), clock)
+    with pytest.raises(ValueError, match="clock"):
+        CachedAuthenticator(FakeVerifier(), shared.config, clock=FakeClock(WALL), cache=shared)
 
 
 @pytest.mark.parametrize(
@@ -428,10 +419,10 @@ async def test_a_refusal_under_one_issuer_does_not_refuse_under_another() -> Non
     ],
 )
 async def test_stale_session_is_served_while_the_issuer_fails_until_exp_never_beyond(
-    clock: Clock, failure: IssuerUnavailable
+    clock: FakeClock, failure: IssuerUnavailable
 ) -> None:
     verifier = ScriptedVerifier(Verdict(ALICE, expires_at=WALL + 600), failure)
-    auth = authenticator(verifier, max_ttl=120)
+    auth = authenticator(clock, verifier, max_ttl=120)
     await auth.authenticate("tok")
     clock.advance(121)  # past its freshness, 479 s before exp
     assert auth.cached("tok") is None
@@ -452,31 +443,31 @@ async def test_stale_session_is_served_while_the_issuer_fails_until_exp_never_be
     assert len(auth) == 1  # nothing was refused or kept anew: the failure is not cached
 
 
-async def test_stale_if_error_off_gives_503_after_max_ttl(clock: Clock) -> None:
+async def test_stale_if_error_off_gives_503_after_max_ttl(clock: FakeClock) -> None:
     verifier = ScriptedVerifier(Verdict(ALICE, expires_at=WALL + 600), IssuerUnavailable("down"))
-    auth = authenticator(verifier, max_ttl=120, stale_if_error=False)
+    auth = authenticator(clock, verifier, max_ttl=120, stale_if_error=False)
     await auth.authenticate("tok")
     clock.advance(121)
     with pytest.raises(IssuerUnavailable):
         await auth.authenticate("tok")
 
 
-async def test_a_session_without_exp_is_never_served_stale(clock: Clock) -> None:
+async def test_a_session_without_exp_is_never_served_stale(clock: FakeClock) -> None:
     verifier = ScriptedVerifier(Verdict(ALICE), IssuerUnavailable("down"))
-    auth = authenticator(verifier, max_ttl=120)
+    auth = authenticator(clock, verifier, max_ttl=120)
     await auth.authenticate("tok")
     clock.advance(121)
     with pytest.raises(IssuerUnavailable):
         await auth.authenticate("tok")
 
 
-async def test_stale_session_is_revalidated_once_the_issuer_answers(clock: Clock) -> None:
+async def test_stale_session_is_revalidated_once_the_issuer_answers(clock: FakeClock) -> None:
     verifier = ScriptedVerifier(
         Verdict(ALICE, expires_at=WALL + 600),
         IssuerUnavailable("down"),
         Verdict(None, "Token is not active"),
     )
-    auth = authenticator(verifier, max_ttl=120)
+    auth = authenticator(clock, verifier, max_ttl=120)
     await auth.authenticate("tok")
     clock.advance(121)
     assert await auth.authenticate("tok") == ALICE  # stale
@@ -487,12 +478,12 @@ async def test_stale_session_is_revalidated_once_the_issuer_answers(clock: Clock
 
 
 async def test_soft_logout_for_a_token_that_expired_false_for_an_unknown_one(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
     verifier = ScriptedVerifier(
         Verdict(ALICE, expires_at=WALL + 60), Verdict(None, "Token is not active")
     )
-    auth = authenticator(verifier, max_ttl=120)
+    auth = authenticator(clock, verifier, max_ttl=120)
     await auth.authenticate("tok")
     clock.advance(61)
     # Introspection cannot tell expired from revoked; the cache knew the exp.
@@ -504,14 +495,14 @@ async def test_soft_logout_for_a_token_that_expired_false_for_an_unknown_one(
     assert never_seen.soft_logout is False
 
 
-async def test_verdict_soft_logout_reaches_the_error() -> None:
-    auth = authenticator(FakeVerifier(Verdict(None, "Token has expired", soft_logout=True)))
+async def test_verdict_soft_logout_reaches_the_error(clock: FakeClock) -> None:
+    auth = authenticator(clock, FakeVerifier(Verdict(None, "Token has expired", soft_logout=True)))
     assert (await refused(auth, "tok")).soft_logout is True
 
 
-async def test_least_recently_used_session_is_evicted_first() -> None:
+async def test_least_recently_used_session_is_evicted_first(clock: FakeClock) -> None:
     verifier = PerTokenVerifier()
-    auth = authenticator(verifier, max_size=2)
+    auth = authenticator(clock, verifier, max_size=2)
     await auth.authenticate("a/D/1")
     await auth.authenticate("b/D/1")
     assert auth.cached("a/D/1") is not None  # a is now the most recently used
@@ -521,17 +512,17 @@ async def test_least_recently_used_session_is_evicted_first() -> None:
     assert verifier.calls == 3
 
 
-async def test_refusals_are_bounded_oldest_out_first() -> None:
+async def test_refusals_are_bounded_oldest_out_first(clock: FakeClock) -> None:
     verifier = FakeVerifier(Verdict(None, "Token is not active"))
-    auth = authenticator(verifier, negative_max_size=3)
+    auth = authenticator(clock, verifier, negative_max_size=3)
     for n in range(5):
         await refused(auth, f"bad-{n}")
     assert list(auth.cache.refused) == [auth.key(f"bad-{n}") for n in (2, 3, 4)]
 
 
-async def test_cached_is_the_hit_path_and_misses_go_to_authenticate() -> None:
+async def test_cached_is_the_hit_path_and_misses_go_to_authenticate(clock: FakeClock) -> None:
     verifier = FakeVerifier()
-    auth = authenticator(verifier)
+    auth = authenticator(clock, verifier)
     assert auth.cached("tok") is None
     assert verifier.calls == 0
     await auth.authenticate("tok")
@@ -539,23 +530,25 @@ async def test_cached_is_the_hit_path_and_misses_go_to_authenticate() -> None:
     assert verifier.calls == 1
 
 
-async def test_device_less_sessions_are_indexed_and_forgotten() -> None:
+async def test_device_less_sessions_are_indexed_and_forgotten(clock: FakeClock) -> None:
     no_device = Identity(UserID("@alice:example.org"), None, "alice")
-    auth = authenticator(FakeVerifier(Verdict(no_device)))
+    auth = authenticator(clock, FakeVerifier(Verdict(no_device)))
     await auth.authenticate("tok")
     assert auth.forget_device("@alice:example.org", None) == 1
     assert auth.cached("tok") is None
 
 
-async def test_metrics_count_hits_refusals_and_live_sessions_pushed_out() -> None:
+async def test_metrics_count_hits_refusals_and_live_sessions_pushed_out(clock: FakeClock) -> None:
     from bridge.ops.metrics import Metrics
 
     metrics = Metrics()
-    auth = CachedAuthenticator(FakeVerifier(), TokenCacheConfig(max_size=1), metrics)
+    auth = CachedAuthenticator(FakeVerifier(), TokenCacheConfig(max_size=1), metrics, clock=clock)
     await auth.authenticate("one")
     await auth.authenticate("one")
     await auth.authenticate("two")  # pushes one, still live, out
-    refusing = CachedAuthenticator(FakeVerifier(Verdict(None, "no")), TokenCacheConfig(), metrics)
+    refusing = CachedAuthenticator(
+        FakeVerifier(Verdict(None, "no")), TokenCacheConfig(), metrics, clock=clock
+    )
     for _ in range(3):
         await refused(refusing, "bad")
     metrics.sample()
@@ -566,9 +559,9 @@ async def test_metrics_count_hits_refusals_and_live_sessions_pushed_out() -> Non
     assert metrics.cache_lookup["hit"]._value.get() == 1
 
 
-async def test_reconfigure_keeps_live_sessions_cut_to_the_new_bounds(clock: Clock) -> None:
+async def test_reconfigure_keeps_live_sessions_cut_to_the_new_bounds(clock: FakeClock) -> None:
     verifier = FakeVerifier()
-    auth = authenticator(verifier, max_size=3, max_ttl=300)
+    auth = authenticator(clock, verifier, max_size=3, max_ttl=300)
     for token in ("a", "b", "c"):
         await auth.authenticate(token)
     refusing_verdict = Verdict(None, "no")

@@ -24,6 +24,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from bridge.errors import IssuerUnavailable
 from bridge.issuer import metadata as metadata_module
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.runtime.clock import SYSTEM_CLOCK, Clock
 from bridge.state import ISSUER_METADATA
 from tests.fakes import (
     BridgeClient,
@@ -35,6 +36,7 @@ from tests.fakes import (
     bridge_config,
     start_bridge,
 )
+from tests.support.clock import FakeClock
 
 WHOAMI = "/_matrix/client/v3/account/whoami"
 TIMEOUT = 0.3
@@ -75,7 +77,9 @@ async def issuer(aiohttp_server: AiohttpServer) -> Issuer:
 def make_bridge(
     aiohttp_client: AiohttpClient, issuer: Issuer, homeserver: FakeHomeserver
 ) -> MakeBridge:
-    async def make(validation: str, *overrides: Mapping[str, Any]) -> BridgeClient:
+    async def make(
+        validation: str, *overrides: Mapping[str, Any], clock: Clock = SYSTEM_CLOCK
+    ) -> BridgeClient:
         config = bridge_config(
             issuer.fake.url,
             homeserver.url,
@@ -89,7 +93,7 @@ def make_bridge(
             },
             *overrides,
         )
-        return await start_bridge(aiohttp_client, config)
+        return await start_bridge(aiohttp_client, config, clock=clock)
 
     return make
 
@@ -118,7 +122,9 @@ FAULTS = {
 async def test_introspection_fault(
     make_bridge: MakeBridge, issuer: Issuer, homeserver: FakeHomeserver, fault: str
 ) -> None:
-    bridge = await make_bridge("introspection")
+    # The fake issuer dates its tokens by the real clock: the bridge's starts there.
+    clock = FakeClock(time.time())
+    bridge = await make_bridge("introspection", clock=clock)
     assert await status(bridge, "cached") == 200
     issuer.fake.fault = FAULTS[fault]
 
@@ -127,7 +133,7 @@ async def test_introspection_fault(
     if fault == "429":
         assert resp.headers["Retry-After"] == "7"  # the issuer's own, passed on
     assert await status(bridge, "cached") == 200  # fresh in the cache
-    await asyncio.sleep(MAX_TTL + 0.1)
+    clock.advance(MAX_TTL + 0.1)
     assert await status(bridge, "cached") == 200  # stale, served while the issuer fails
     assert await status(bridge, "fresh") == 503  # still not cached as invalid
 
@@ -140,15 +146,16 @@ async def test_introspection_fault(
 async def test_introspection_connection_refused_then_recovery(
     make_bridge: MakeBridge, issuer: Issuer
 ) -> None:
-    bridge = await make_bridge("introspection")
+    clock = FakeClock(time.time())
+    bridge = await make_bridge("introspection", clock=clock)
     assert await status(bridge, "cached") == 200
     await issuer.stop()
     assert await status(bridge, "fresh") == 503
     assert await status(bridge, "cached") == 200
-    await asyncio.sleep(MAX_TTL + 0.1)
+    clock.advance(MAX_TTL + 0.1)
     assert await status(bridge, "cached") == 200
     await issuer.start()
-    await asyncio.sleep(5.1)  # the stale session's Retry-After, then it is asked about again
+    clock.advance(5.1)  # the stale session's Retry-After, then it is asked about again
     assert await status(bridge, "fresh") == 200
     assert await status(bridge, "cached") == 200
 
@@ -156,21 +163,25 @@ async def test_introspection_connection_refused_then_recovery(
 async def test_stale_if_error_off_means_503_once_max_ttl_passed(
     make_bridge: MakeBridge, issuer: Issuer
 ) -> None:
-    bridge = await make_bridge("introspection", {"token_cache": {"stale_if_error": False}})
+    clock = FakeClock(time.time())
+    bridge = await make_bridge(
+        "introspection", {"token_cache": {"stale_if_error": False}}, clock=clock
+    )
     assert await status(bridge, "cached") == 200
     issuer.fake.fault = FAULTS["500"]
-    await asyncio.sleep(MAX_TTL + 0.1)
+    clock.advance(MAX_TTL + 0.1)
     assert await status(bridge, "cached") == 503
 
 
 async def test_a_cached_session_is_never_served_past_its_exp(
     make_bridge: MakeBridge, issuer: Issuer
 ) -> None:
-    issuer.fake.tokens["short"] = active_claims("carol", "DEVC", exp=int(time.time()) + 2)
-    bridge = await make_bridge("introspection", {"token_cache": {"max_ttl": 60}})
+    clock = FakeClock(time.time())
+    issuer.fake.tokens["short"] = active_claims("carol", "DEVC", exp=int(clock.time()) + 2)
+    bridge = await make_bridge("introspection", {"token_cache": {"max_ttl": 60}}, clock=clock)
     assert await status(bridge, "short") == 200
     issuer.fake.fault = FAULTS["500"]
-    await asyncio.sleep(2.2)
+    clock.advance(2.2)
     assert await status(bridge, "short") == 503
 
 

@@ -10,7 +10,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bridge.login.jwts import BACKCHANNEL_LOGOUT_EVENT, JwtChecks, JwtRefused
+from bridge.login.jwts import (
+    BACKCHANNEL_LOGOUT_EVENT,
+    LOGOUT_TOKEN_MAX_AGE,
+    JwtChecks,
+    JwtRefused,
+)
 
 ISSUER = "https://issuer.example.test/"
 CLIENT = "bridge-client"
@@ -101,7 +106,7 @@ def logout_claims(**changes: Any) -> dict[str, Any]:
 
 
 async def test_a_good_logout_token() -> None:
-    claims = await checks().logout_token(sign(logout_claims(), typ="logout+jwt"))
+    claims = await checks().logout_token(sign(logout_claims(), typ="logout+jwt"), now=time.time())
     assert (claims.sid, claims.sub, claims.jti) == ("sid1", None, "j1")
     assert claims.remember_until > time.time() + 120
 
@@ -121,9 +126,18 @@ async def test_a_good_logout_token() -> None:
 )
 async def test_bad_logout_tokens(changes: dict[str, Any]) -> None:
     with pytest.raises(JwtRefused):
-        await checks().logout_token(sign(logout_claims(**changes)))
+        await checks().logout_token(sign(logout_claims(**changes)), now=time.time())
+
+
+async def test_a_logout_token_is_refused_once_older_than_its_max_age_when_received() -> None:
+    claims = logout_claims(exp=None)
+    token = sign(claims)
+    oldest = claims["iat"] + LOGOUT_TOKEN_MAX_AGE
+    assert (await checks().logout_token(token, now=oldest)).jti == "j1"
+    with pytest.raises(JwtRefused, match="issued too long ago"):
+        await checks().logout_token(token, now=oldest + 1)
 
 
 async def test_a_logout_token_typed_as_something_else_is_refused() -> None:
     with pytest.raises(JwtRefused, match="typ"):
-        await checks().logout_token(sign(logout_claims(), typ="at+jwt"))
+        await checks().logout_token(sign(logout_claims(), typ="at+jwt"), now=time.time())

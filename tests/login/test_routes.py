@@ -7,16 +7,26 @@ whatever the body, and every bad input is a Matrix error.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from cryptography.fernet import Fernet
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from bridge.state import STORE
+from bridge.login.sso import CALLBACK_PATH, COOKIE
+from bridge.state import CONFIG, STORE
 from tests.fakes import BridgeClient, FakeHomeserver, FakeIssuer, bridge_config, start_bridge
+from tests.support.clock import FakeClock
 
 V3 = "/_matrix/client/v3"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The bridge's clock, from the real time (the fake issuer dates tokens by it)."""
+    return FakeClock(time.time())
 
 
 @pytest.fixture
@@ -25,11 +35,12 @@ async def bridge(
     aiohttp_server: AiohttpServer,
     homeserver: FakeHomeserver,
     tmp_path: Path,
+    clock: FakeClock,
 ) -> BridgeClient:
     issuer = await FakeIssuer.start(aiohttp_server)
     store = {"path": str(tmp_path / "b.db"), "encryption_keys": [Fernet.generate_key().decode()]}
     config = bridge_config(issuer.url, homeserver.url, {"store": store, "login": {}})
-    return await start_bridge(aiohttp_client, config)
+    return await start_bridge(aiohttp_client, config, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +120,31 @@ async def test_sso_redirect_without_a_redirect_url_is_an_error_page(bridge: Brid
     assert resp.status == 400
     assert resp.content_type == "text/html"
     assert resp.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_an_sso_flow_expires_after_login_flow_ttl_by_the_apps_clock(
+    bridge: BridgeClient, clock: FakeClock
+) -> None:
+    login = bridge.app[CONFIG].login
+    assert login is not None
+
+    async def callback_page(*, after: float) -> str:
+        """The callback's answer to a flow started ``after`` seconds before it."""
+        resp = await bridge.get(
+            f"{V3}/login/sso/redirect",
+            params={"redirectUrl": "https://client.example.test/"},
+            allow_redirects=False,
+        )
+        (state,) = parse_qs(urlsplit(resp.headers["Location"]).query)["state"]
+        cookie = resp.cookies[COOKIE].value
+        clock.advance(after)
+        resp = await bridge.get(CALLBACK_PATH, params={"state": state}, cookies={COOKIE: cookie})
+        assert resp.status == 400
+        return await resp.text()
+
+    # Within its time the flow is found (and then wants its code); past it, it is gone.
+    assert "no authorization code" in await callback_page(after=login.flow_ttl - 1)
+    assert "has expired" in await callback_page(after=login.flow_ttl + 1)
 
 
 async def test_a_device_less_jwts_logout_ends_it_for_good_and_it_alone(
