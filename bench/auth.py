@@ -189,11 +189,10 @@ async def cache_hits(config: BridgeConfig, jwt_token: str, quick: bool) -> None:
 
 async def cold_jwt(config: BridgeConfig, keys: Keys, quick: bool) -> None:
     async with aiohttp.ClientSession() as session:
-        metrics = Metrics()
-        http = IssuerHTTP(session, InflightLimit(8), metrics, SYSTEM_CLOCK)
-        metadata = IssuerMetadata(http, config.issuer, metrics, SYSTEM_CLOCK)
+        http = IssuerHTTP(session, InflightLimit(8), Metrics(), SYSTEM_CLOCK, config.issuer.timeout)
+        metadata = IssuerMetadata(http, config.issuer)
         await metadata.fetch()
-        signing = SigningKeys(http, metadata, config.issuer, max_unknown=10, clock=SYSTEM_CLOCK)
+        signing = SigningKeys(http, metadata, config.issuer, max_unknown=10)
         await signing.fetch()
         verifier = JwtVerifier(signing, metadata, config, ClaimRules.from_config(config))
         issuer = config.issuer.issuer

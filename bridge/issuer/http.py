@@ -7,7 +7,7 @@ revocation), all made one way by :meth:`IssuerHTTP.call`:
 - it is counted and timed under its kind (:meth:`Metrics.issuer_call`, which
   decides the outcome from how the call ends);
 - it asks for JSON, authenticates as the endpoint wants (:func:`client_auth`),
-  follows no redirect and ends within its timeout (``within`` seconds);
+  follows no redirect and ends within its timeout;
 - no answer (no connection, a timeout, a body that cannot be read or decoded)
   is the caller's :class:`IssuerUnavailable` (:func:`unreachable`), chained to
   its cause; an answer the caller cannot use is :meth:`IssuerCall.refused`
@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
@@ -124,21 +125,18 @@ class IssuerCall(NamedTuple):
         return IssuerUnavailable(message, retry_after=wait)
 
 
+@dataclass(frozen=True)
 class IssuerHTTP:
     """The bridge's calls to its issuer, over one pooled ``session``, within ``limit``,
-    counted in ``metrics``; ``clock`` reads HTTP dates in ``Retry-After``."""
+    counted in ``metrics``, each within ``timeout`` seconds (``issuer.timeout``) unless
+    it says otherwise. ``clock``: what everything about the issuer reads the time from
+    (HTTP dates in ``Retry-After`` here; discovery's age, the JWKS cooldowns)."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        limit: InflightLimit,
-        metrics: Metrics,
-        clock: Clock,
-    ) -> None:
-        self._session = session
-        self._limit = limit
-        self._metrics = metrics
-        self._clock = clock
+    session: aiohttp.ClientSession
+    limit: InflightLimit
+    metrics: Metrics
+    clock: Clock
+    timeout: float
 
     @contextlib.asynccontextmanager
     async def call(
@@ -146,31 +144,32 @@ class IssuerHTTP:
         kind: str,
         url: str,
         *,
-        within: float,
         unreachable: Unreachable,
         form: Mapping[str, str] | None = None,
         auth: ClientAuth = ANONYMOUS,
+        within: float | None = None,
         bounded: bool = True,
     ) -> AsyncIterator[IssuerCall]:
         """One call (``kind``: its metrics label, one of ``ISSUER_CALLS``): a POST of
         ``form`` (with ``auth``'s fields), or a GET without one. The block reads and
         judges the answer; whatever it raises is counted as the call's outcome, and
         a ValueError (a body that is not JSON, or too large) is ``unreachable``'s
-        failure, as are a timeout and no connection. ``bounded``: whether the call
-        takes a slot of the in-flight bound (all but discovery)."""
+        failure, as are a timeout and no connection. ``within``: its own timeout;
+        ``bounded``: whether it takes a slot of the in-flight bound (all but discovery)."""
         data = None if form is None else {**form, **auth.form}
-        slot = self._limit.slot() if bounded else contextlib.nullcontext()
-        with slot, self._metrics.issuer_call(kind) as counted:
+        slot = self.limit.slot() if bounded else contextlib.nullcontext()
+        timeout = aiohttp.ClientTimeout(total=self.timeout if within is None else within)
+        with slot, self.metrics.issuer_call(kind) as counted:
             try:
-                async with self._session.request(
+                async with self.session.request(
                     "GET" if data is None else "POST",
                     url,
                     data=data,
                     headers=auth.headers,
-                    timeout=aiohttp.ClientTimeout(total=within),
+                    timeout=timeout,
                     allow_redirects=False,
                 ) as resp:
                     counted.status = resp.status
-                    yield IssuerCall(resp, self._clock)
+                    yield IssuerCall(resp, self.clock)
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                 raise unreachable(e, counted.status) from e

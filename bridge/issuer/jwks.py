@@ -36,7 +36,6 @@ from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.http import IssuerHTTP, unreachable
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.runtime.clock import Clock
 from bridge.runtime.singleflight import SingleFlight
 
 log = logging.getLogger("bridge.issuer")
@@ -85,19 +84,12 @@ class SigningKeys:
     """The issuer's JWKS by ``kid``, fetched and refreshed as the module describes."""
 
     def __init__(
-        self,
-        http: IssuerHTTP,
-        metadata: IssuerMetadata,
-        config: IssuerConfig,
-        *,
-        max_unknown: int,
-        clock: Clock,
+        self, http: IssuerHTTP, metadata: IssuerMetadata, config: IssuerConfig, *, max_unknown: int
     ) -> None:
         self._http = http
         self._metadata = metadata
         self._config = config.jwt
-        self._timeout = config.timeout
-        self._clock = clock
+        self._clock = http.clock
         self._max_unknown = max_unknown
         self._keys: dict[str | None, list[dict[str, Any]]] = {}
         # (kid, position under that kid, alg) → the key, built once (None: unusable).
@@ -232,9 +224,7 @@ class SigningKeys:
         url = self._metadata.require().endpoint("jwks_uri")
         if url is None:
             raise IssuerUnavailable("The authentication service advertises no jwks_uri")
-        async with self._http.call(
-            "jwks", url, within=self._timeout, unreachable=_UNREACHABLE
-        ) as answer:
+        async with self._http.call("jwks", url, unreachable=_UNREACHABLE) as answer:
             if answer.status != 200:
                 raise answer.refused("the JWKS", _UNAVAILABLE)
             body = bytearray()

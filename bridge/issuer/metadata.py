@@ -16,8 +16,6 @@ from typing import Any
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.http import IssuerHTTP
-from bridge.ops.metrics import Metrics
-from bridge.runtime.clock import Clock
 
 log = logging.getLogger("bridge.issuer")
 
@@ -65,20 +63,16 @@ class Metadata:
 class IssuerMetadata:
     """Holds the current :class:`Metadata`, or ``None`` until the issuer first answers."""
 
-    def __init__(
-        self, http: IssuerHTTP, config: IssuerConfig, metrics: Metrics, clock: Clock
-    ) -> None:
+    def __init__(self, http: IssuerHTTP, config: IssuerConfig) -> None:
         self._http = http
         self._config = config
-        self._metrics = metrics
-        self._clock = clock
         self.current: Metadata | None = None
-        # clock.monotonic() of the last successful fetch.
+        # http.clock.monotonic() of the last successful fetch.
         self.fetched_at: float | None = None
 
     def age(self) -> float | None:
         """Seconds since the document was last fetched (None: never)."""
-        return None if self.fetched_at is None else self._clock.monotonic() - self.fetched_at
+        return None if self.fetched_at is None else self._http.clock.monotonic() - self.fetched_at
 
     def max_age(self) -> float:
         """How old the document may be and still count as fresh: two refresh intervals
@@ -107,9 +101,7 @@ class IssuerMetadata:
         url = discovery_url(self._config.issuer)
         # Not bounded by the in-flight limit: a flood of made-up tokens that fills it
         # must not keep the document from being refreshed.
-        async with self._http.call(
-            "discovery", url, within=self._config.timeout, unreachable=_failed, bounded=False
-        ) as answer:
+        async with self._http.call("discovery", url, unreachable=_failed, bounded=False) as answer:
             if answer.status != 200:
                 raise DiscoveryFailed(f"Discovery answered HTTP {answer.status}", answer.status)
             document = await answer.response.json(content_type=None)
@@ -125,9 +117,9 @@ class IssuerMetadata:
             raise IssuerMismatch(document.get("issuer"), self._config.issuer)
         metadata = Metadata(document, json.dumps(document).encode())
         self.current = metadata
-        self.fetched_at = self._clock.monotonic()
+        self.fetched_at = self._http.clock.monotonic()
         log.debug("issuer metadata fetched from %s", url)
-        self._metrics.issuer_metadata_fetched()
+        self._http.metrics.issuer_metadata_fetched()
         return metadata
 
     async def refresh_forever(self) -> None:

@@ -25,8 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from bridge.errors import IssuerUnavailable
-from bridge.issuer.http import IssuerHTTP, unreachable
-from bridge.issuer.http import client_auth as http_client_auth
+from bridge.issuer.http import ClientAuth, IssuerHTTP, unreachable
 from bridge.issuer.metadata import IssuerMetadata
 
 log = logging.getLogger("bridge.issuer")
@@ -65,20 +64,12 @@ class OAuthClient:
     """Calls the issuer's token and revocation endpoints as the bridge's login client."""
 
     def __init__(
-        self,
-        http: IssuerHTTP,
-        metadata: IssuerMetadata,
-        *,
-        client_id: str,
-        client_secret: str,
-        client_auth: str,
-        timeout: float,
+        self, http: IssuerHTTP, metadata: IssuerMetadata, *, client_id: str, auth: ClientAuth
     ) -> None:
         self._http = http
         self._metadata = metadata
         self.client_id = client_id
-        self._timeout = timeout
-        self._auth = http_client_auth(client_auth, client_id, client_secret)
+        self._auth = auth
 
     def _endpoint(self, name: str) -> str:
         endpoint = self._metadata.require().endpoint(name)
@@ -169,7 +160,6 @@ class OAuthClient:
             endpoint,
             form=form,
             auth=self._auth,
-            within=self._timeout,
             unreachable=unreachable(f"{what} request", "The authentication service is unreachable"),
         ) as answer:
             try:

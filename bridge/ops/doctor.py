@@ -153,9 +153,11 @@ class Doctor:
         hint = f"is the issuer running, and reachable from this host? (issuer.issuer: {issuer})"
         try:
             # Counted in metrics of its own, which no one scrapes; discovery takes no slot.
-            metrics, clock = Metrics(), SYSTEM_CLOCK
-            http = IssuerHTTP(self.session, InflightLimit(1), metrics, clock)
-            metadata = await IssuerMetadata(http, self.config.issuer, metrics, clock).fetch()
+            config = self.config.issuer
+            http = IssuerHTTP(
+                self.session, InflightLimit(1), Metrics(), SYSTEM_CLOCK, config.timeout
+            )
+            metadata = await IssuerMetadata(http, config).fetch()
         except IssuerMismatch as e:
             raise CheckFailed(
                 f"the document names issuer {e.named!r}, configured {issuer!r}",

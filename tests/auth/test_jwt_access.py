@@ -49,11 +49,10 @@ def make_verifier(issuer: FakeIssuer, session: aiohttp.ClientSession) -> MakeVer
     async def make(**issuer_settings: Any) -> JwtVerifier:
         overrides = {"issuer": {"validation": "jwt", **issuer_settings}}
         config = bridge_config(issuer.url, "http://127.0.0.1:9", overrides)
-        metrics = Metrics()
-        http = IssuerHTTP(session, InflightLimit(8), metrics, SYSTEM_CLOCK)
-        metadata = IssuerMetadata(http, config.issuer, metrics, SYSTEM_CLOCK)
+        http = IssuerHTTP(session, InflightLimit(8), Metrics(), SYSTEM_CLOCK, config.issuer.timeout)
+        metadata = IssuerMetadata(http, config.issuer)
         await metadata.fetch()
-        keys = SigningKeys(http, metadata, config.issuer, max_unknown=100, clock=SYSTEM_CLOCK)
+        keys = SigningKeys(http, metadata, config.issuer, max_unknown=100)
         await keys.fetch()
         return JwtVerifier(keys, metadata, config, ClaimRules.from_config(config))
 

@@ -91,13 +91,13 @@ async def test_discovery_takes_no_slot_of_the_inflight_bound(
     """A flood that fills the bound must not keep the discovery document from refreshing."""
     issuer = await FakeIssuer.start(aiohttp_server)
     config = bridge_config(issuer.url, "http://127.0.0.1:9").issuer
-    limit, metrics, clock = InflightLimit(1), Metrics(), FakeClock()
-    http = IssuerHTTP(session, limit, metrics, clock)
-    metadata = IssuerMetadata(http, config, metrics, clock)
+    limit = InflightLimit(1)
+    http = IssuerHTTP(session, limit, Metrics(), FakeClock(), config.timeout)
+    metadata = IssuerMetadata(http, config)
     with limit.slot():
         await metadata.fetch()
         with pytest.raises(IssuerUnavailable, match="busy"):
-            async with http.call("jwks", issuer.url, within=1, unreachable=_never):
+            async with http.call("jwks", issuer.url, unreachable=_never):
                 pass
     assert metadata.current is not None
 

@@ -340,9 +340,8 @@ async def test_metadata_is_retried_quickly_while_not_trusted(
     issuer.fake.discovery_issuer = "https://evil.example/"
     config = bridge_config(issuer.fake.url, "http://127.0.0.1:9")
     async with aiohttp.ClientSession() as session:
-        metrics = Metrics()
-        http = IssuerHTTP(session, InflightLimit(8), metrics, SYSTEM_CLOCK)
-        metadata = IssuerMetadata(http, config.issuer, metrics, SYSTEM_CLOCK)
+        http = IssuerHTTP(session, InflightLimit(8), Metrics(), SYSTEM_CLOCK, config.issuer.timeout)
+        metadata = IssuerMetadata(http, config.issuer)
         with pytest.raises(IssuerUnavailable):
             await metadata.fetch()
         task = asyncio.create_task(metadata.refresh_forever())

@@ -67,10 +67,10 @@ async def signing_keys(
 ) -> SigningKeys:
     """SigningKeys over the fake issuer, its discovery document fetched."""
     metrics = metrics or Metrics()
-    http = IssuerHTTP(session, limit or InflightLimit(8), metrics, clock)
-    metadata = IssuerMetadata(http, config, metrics, clock)
+    http = IssuerHTTP(session, limit or InflightLimit(8), metrics, clock, config.timeout)
+    metadata = IssuerMetadata(http, config)
     await metadata.fetch()
-    return SigningKeys(http, metadata, config, max_unknown=max_unknown, clock=clock)
+    return SigningKeys(http, metadata, config, max_unknown=max_unknown)
 
 
 @pytest.fixture
