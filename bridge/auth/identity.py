@@ -1,4 +1,4 @@
-"""Turning an active token's claims into a Matrix identity (DESIGN.md §3)."""
+"""Turning an active token's claims into a Matrix identity (docs/design.md, "Token → identity")."""
 
 from __future__ import annotations
 

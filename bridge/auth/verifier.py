@@ -162,7 +162,8 @@ def _audiences(aud: object) -> set[str]:
 
 
 class IntrospectionVerifier:
-    """Judges opaque tokens by RFC 7662 introspection (DESIGN.md §2, §3)."""
+    """Judges opaque tokens by RFC 7662 introspection (docs/design.md, "Issuer client"
+    and "Token → identity")."""
 
     def __init__(self, introspector: Introspector, rules: ClaimRules) -> None:
         self._introspector = introspector

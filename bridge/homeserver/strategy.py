@@ -8,7 +8,7 @@ from bridge.auth.identity import Identity
 
 
 class IdentityStrategy(Protocol):
-    """A way of acting as (user, device) on the homeserver (DESIGN.md §4).
+    """A way of acting as (user, device) on the homeserver (docs/design.md, "Homeserver face").
 
     ``appservice_power`` says whether forwarded requests carry the
     appservice's identity. Then the homeserver relaxes checks it would make

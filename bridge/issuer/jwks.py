@@ -32,6 +32,9 @@ from typing import Any
 
 import jwt
 
+from bridge.auth.jws import EC_CURVES as _EC_CURVES
+from bridge.auth.jws import OKP_CURVES as _OKP_CURVES
+from bridge.auth.jws import RSA_ALGORITHMS as _RSA
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.http import IssuerHTTP, unreachable
@@ -46,10 +49,6 @@ MAX_KEYS = 100
 
 _UNAVAILABLE = "The authentication service's keys are unavailable"
 _UNREACHABLE = unreachable("JWKS fetch", _UNAVAILABLE)
-
-_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
-_OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 
 
 def fits(jwk: Mapping[str, Any], alg: str) -> bool:

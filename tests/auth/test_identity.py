@@ -1,4 +1,4 @@
-"""Token claims → Matrix identity (DESIGN.md §3)."""
+"""Token claims → Matrix identity (docs/design.md, "Token → identity")."""
 
 from __future__ import annotations
 

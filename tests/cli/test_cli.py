@@ -18,7 +18,7 @@ from bridge.cli.main import EXIT_CONFIG, main
 from bridge.config import load_config
 from bridge.store import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 GOOD: dict[str, Any] = {
     "server_name": "example.org",

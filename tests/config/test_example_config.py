@@ -11,11 +11,12 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from bridge.config import BridgeConfig, _unwrap, json_schema, load_config
+from bridge.config import BridgeConfig, json_schema, load_config
+from bridge.config.messages import unwrap
 from tests.cli.test_cli import bridge_cli
 from tests.config.test_config import minimal
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "bridge.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "bridge.example.yaml"
 # Settings the example can only show in a comment (they exclude one it sets).
 COMMENTED = {"store.dsn": "kind: postgres only"}
 
@@ -26,7 +27,7 @@ def _settings(model: type[BaseModel], prefix: str = "") -> set[str]:
     for name, field in model.model_fields.items():
         if name.endswith("_file"):
             continue  # the file form of a secret, documented with the secret itself
-        kind = _unwrap(field.annotation)
+        kind = unwrap(field.annotation)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             names |= _settings(kind, prefix + name + ".")
         else:

@@ -10,7 +10,7 @@ from typing import Any
 
 from bridge.ops.metrics import Metrics
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "contrib" / "grafana" / "bridge.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "bridge.json"
 # PromQL's functions, aggregations and keywords the dashboard may use.
 PROMQL_WORDS = {
     "sum", "rate", "irate", "increase", "histogram_quantile", "max", "min", "avg", "count",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parents[1] / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
 SERVICE = UNITS / "matrix-oidc-bridge.service"
 TEMPLATE = UNITS / "matrix-oidc-bridge@.service"
 
