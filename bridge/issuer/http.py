@@ -37,7 +37,7 @@ log = logging.getLogger("bridge.issuer")
 
 # How long a client is told to wait when the issuer says nothing usable.
 DEFAULT_RETRY_AFTER = 5
-# The longest wait of the issuer's own that is passed on (longer: a misconfiguration).
+# The longest wait of the issuer's own that is passed on to clients.
 MAX_RETRY_AFTER = 300
 
 # Makes the failure of a call that got no usable answer, from the error and the
@@ -52,6 +52,7 @@ class ClientAuth(NamedTuple):
     form: Mapping[str, str]
 
 
+# A call without client authentication (discovery, JWKS): it only asks for JSON.
 ANONYMOUS = ClientAuth({"Accept": "application/json"}, {})
 
 
@@ -97,8 +98,7 @@ def retry_after(value: str | None, now: float) -> int:
 
 def unreachable(what: str, message: str) -> Unreachable:
     """A call's failure when it got no usable answer: logs ``{what} failed`` with the
-    error's type (never its text, which may quote a URL with a token), and answers
-    ``message``."""
+    error's type, and answers ``message``."""
 
     def failure(error: Exception, _status: int) -> IssuerUnavailable:
         log.warning("%s failed: %s", what, type(error).__name__)
