@@ -62,9 +62,11 @@ from bridge.auth.identity import DeviceID, Identity, UserID
 from bridge.auth.jwt_access import JwtVerifier
 from bridge.auth.verifier import ClaimRules, Verdict
 from bridge.config import BridgeConfig, parse_config
+from bridge.issuer.http import IssuerHTTP
 from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.ops.metrics import Metrics
 from bridge.runtime.clock import SYSTEM_CLOCK
 
 WHOAMI = "/_matrix/client/v3/account/whoami"
@@ -188,9 +190,10 @@ async def cache_hits(config: BridgeConfig, jwt_token: str, quick: bool) -> None:
 
 async def cold_jwt(config: BridgeConfig, keys: Keys, quick: bool) -> None:
     async with aiohttp.ClientSession() as session:
-        metadata = IssuerMetadata(session, config.issuer)
+        http = IssuerHTTP(session, InflightLimit(8), Metrics(), SYSTEM_CLOCK, config.issuer.timeout)
+        metadata = IssuerMetadata(http, config.issuer)
         await metadata.fetch()
-        signing = SigningKeys(session, metadata, config.issuer, InflightLimit(8), max_unknown=10)
+        signing = SigningKeys(http, metadata, config.issuer, max_unknown=10)
         await signing.fetch()
         verifier = JwtVerifier(signing, metadata, config, ClaimRules.from_config(config))
         issuer = config.issuer.issuer

@@ -41,6 +41,8 @@ from bridge.http.cors import add_cors_headers
 from bridge.http.paths import routing_path
 from bridge.http.request_id import HEADER as REQUEST_ID_HEADER
 from bridge.http.request_id import REQUEST_ID, RequestIDs
+from bridge.issuer.http import IssuerHTTP
+from bridge.issuer.http import client_auth as issuer_client_auth
 from bridge.issuer.introspection import Introspector
 from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
@@ -99,29 +101,25 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
     issuer = config.issuer
     metrics = app[METRICS]
     async with _session() as session:
-        metadata = IssuerMetadata(session, issuer, metrics)
+        limit = app[ISSUER_LIMIT] = InflightLimit(issuer.max_inflight)
+        http = IssuerHTTP(session, limit, metrics, app[CLOCK], issuer.timeout)
+        metadata = IssuerMetadata(http, issuer)
         try:
             await metadata.fetch()
         except IssuerUnavailable as e:
             log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
         app[ISSUER_METADATA] = metadata
         app[ISSUER_SESSION] = session
-        limit = app[ISSUER_LIMIT] = InflightLimit(issuer.max_inflight)
         rules = ClaimRules.from_config(config)
         refreshing = [metadata.refresh_forever()]
         verifier: TokenVerifier | None = None
         if issuer.introspection is not None and issuer.validation != "jwt":
-            introspector = Introspector(session, metadata, issuer.introspection, limit, metrics)
+            introspector = Introspector(http, metadata, issuer.introspection)
             verifier = IntrospectionVerifier(introspector, rules)
         if issuer.validation != "introspection" or config.login is not None:
             # JWT access tokens, and the login layer's ID and logout tokens.
             keys = app[SIGNING_KEYS] = SigningKeys(
-                session,
-                metadata,
-                issuer,
-                limit,
-                max_unknown=config.token_cache.negative_max_size,
-                metrics=metrics,
+                http, metadata, issuer, max_unknown=config.token_cache.negative_max_size
             )
             if metadata.current is not None:
                 with contextlib.suppress(IssuerUnavailable):  # logged; retried
@@ -253,16 +251,11 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     moments = app[LOGOUT_MOMENTS]
     client_id, client_secret, client_auth = config.login.client(config.issuer.introspection)
-    oauth = OAuthClient(
-        app[ISSUER_SESSION],
-        app[ISSUER_METADATA],
-        app[ISSUER_LIMIT],
-        client_id=client_id,
-        client_secret=client_secret,
-        client_auth=client_auth,
-        timeout=config.issuer.timeout,
-        metrics=app[METRICS],
+    http = IssuerHTTP(
+        app[ISSUER_SESSION], app[ISSUER_LIMIT], app[METRICS], app[CLOCK], config.issuer.timeout
     )
+    auth = issuer_client_auth(client_auth, client_id, client_secret)
+    oauth = OAuthClient(http, app[ISSUER_METADATA], client_id=client_id, auth=auth)
     jwts = JwtChecks(
         issuer=config.issuer.issuer,
         client_id=client_id,

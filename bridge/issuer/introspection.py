@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
 from bridge.config import IntrospectionConfig
 from bridge.errors import IssuerUnavailable
-from bridge.issuer.limit import InflightLimit
+from bridge.issuer.http import IssuerHTTP, client_auth, unreachable
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.ops.metrics import Metrics
 
-log = logging.getLogger("bridge.issuer")
-
-
-def client_auth(
-    auth: str, client_id: str | None, client_secret: str
-) -> tuple[dict[str, str], dict[str, str]]:
-    """The headers and form fields that authenticate the bridge to the issuer's
-    endpoints (introspection; the login client's token and revocation calls)."""
-    headers = {"Accept": "application/json"}
-    if auth == "mas_shared_secret":
-        headers["Authorization"] = f"Bearer {client_secret}"
-        headers["X-MAS-Supports-Device-Id"] = "1"
-        return headers, {}
-    assert client_id is not None  # checked by the config
-    if auth == "client_secret_post":
-        return headers, {"client_id": client_id, "client_secret": client_secret}
-    # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
-    headers["Authorization"] = aiohttp.encode_basic_auth(
-        quote(client_id, safe=""), quote(client_secret, safe="")
-    )
-    return headers, {}
+_UNREACHABLE = unreachable("introspection", "The authentication service is unreachable")
 
 
 class Introspector:
@@ -48,63 +25,38 @@ class Introspector:
     """
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        metadata: IssuerMetadata,
-        config: IntrospectionConfig,
-        limit: InflightLimit,
-        metrics: Metrics | None = None,
+        self, http: IssuerHTTP, metadata: IssuerMetadata, config: IntrospectionConfig
     ) -> None:
-        self._session = session
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._http = http
         self._metadata = metadata
-        self._limit = limit
-        self._config = config
-        self._timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        self._headers, self._form_auth = client_auth(
-            config.auth, config.client_id, config.client_secret
-        )
+        self._timeout = config.timeout
+        self._auth = client_auth(config.auth, config.client_id, config.client_secret)
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """Return the introspection response (``active`` may be false)."""
         endpoint = self._metadata.require().endpoint("introspection_endpoint")
         if endpoint is None:
             raise IssuerUnavailable("The issuer advertises no introspection_endpoint")
-        form = {"token": token, "token_type_hint": "access_token", **self._form_auth}
-        with self._limit.slot(), self._metrics.issuer_call("introspection") as call:
-            try:
-                async with self._session.post(
-                    endpoint,
-                    data=form,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as resp:
-                    call.status = resp.status
-                    if resp.status == 400 and await _token_refused(resp):
-                        return {"active": False}
-                    if resp.status != 200:
-                        # 401 here means the bridge's own credentials are wrong: an
-                        # admin problem, which must not log every user out.
-                        log.error("introspection answered HTTP %s", resp.status)
-                        raise IssuerUnavailable(
-                            "The authentication service refused introspection",
-                            retry_after=retry_after(resp),
-                        )
-                    answer = await resp.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                log.warning("introspection failed: %s", type(e).__name__)
-                raise IssuerUnavailable("The authentication service is unreachable") from e
-            if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
+        async with self._http.call(
+            "introspection",
+            endpoint,
+            form={"token": token, "token_type_hint": "access_token"},
+            auth=self._auth,
+            within=self._timeout,
+            unreachable=_UNREACHABLE,
+        ) as answer:
+            if answer.status == 400 and await _token_refused(answer.response):
+                return {"active": False}
+            if answer.status != 200:
+                # 401 here means the bridge's own credentials are wrong: an
+                # admin problem, which must not log every user out.
+                raise answer.refused(
+                    "introspection", "The authentication service refused introspection"
+                )
+            claims = await answer.response.json(content_type=None)
+            if not isinstance(claims, dict) or not isinstance(claims.get("active"), bool):
                 raise IssuerUnavailable("The authentication service gave a malformed answer")
-        return answer
-
-
-def retry_after(resp: aiohttp.ClientResponse) -> int:
-    """The issuer's own ``Retry-After`` (seconds, on a 429 or 503) passed on to the
-    client when it is sane (1 s to 5 min); 5 s otherwise."""
-    value = resp.headers.get("Retry-After", "")
-    return int(value) if value.isdigit() and 1 <= int(value) <= 300 else 5
+        return claims
 
 
 # OAuth error codes (RFC 6750 §3.1, RFC 7009 §2.2.1) that judge the token, not the caller.

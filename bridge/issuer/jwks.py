@@ -26,12 +26,10 @@ import asyncio
 import json
 import logging
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import aiohttp
 import jwt
 
 from bridge.auth.jws import EC_CURVES as _EC_CURVES
@@ -39,10 +37,8 @@ from bridge.auth.jws import OKP_CURVES as _OKP_CURVES
 from bridge.auth.jws import RSA_ALGORITHMS as _RSA
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
-from bridge.issuer.introspection import retry_after
-from bridge.issuer.limit import InflightLimit
+from bridge.issuer.http import IssuerHTTP, unreachable
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.ops.metrics import Metrics
 from bridge.runtime.singleflight import SingleFlight
 
 log = logging.getLogger("bridge.issuer")
@@ -50,6 +46,9 @@ log = logging.getLogger("bridge.issuer")
 # A JWKS larger than this, or with more keys, is not a JWKS.
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
+
+_UNAVAILABLE = "The authentication service's keys are unavailable"
+_UNREACHABLE = unreachable("JWKS fetch", _UNAVAILABLE)
 
 
 def fits(jwk: Mapping[str, Any], alg: str) -> bool:
@@ -84,27 +83,18 @@ class SigningKeys:
     """The issuer's JWKS by ``kid``, fetched and refreshed as the module describes."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        metadata: IssuerMetadata,
-        config: IssuerConfig,
-        limit: InflightLimit,
-        *,
-        max_unknown: int,
-        metrics: Metrics | None = None,
+        self, http: IssuerHTTP, metadata: IssuerMetadata, config: IssuerConfig, *, max_unknown: int
     ) -> None:
-        self._metrics = metrics if metrics is not None else Metrics()
-        self._session = session
+        self._http = http
         self._metadata = metadata
-        self._limit = limit
         self._config = config.jwt
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._clock = http.clock
         self._max_unknown = max_unknown
         self._keys: dict[str | None, list[dict[str, Any]]] = {}
         # (kid, position under that kid, alg) → the key, built once (None: unusable).
         self._built: dict[tuple[str | None, int, str], jwt.PyJWK | None] = {}
         self.loaded = False
-        # time.monotonic() when the last refetch for an unknown kid ended.
+        # clock.monotonic() when the last refetch for an unknown kid ended.
         self._refetched_at = -math.inf
         self._failure: IssuerUnavailable | None = None
         self._unknown: OrderedDict[str | None, float] = OrderedDict()
@@ -133,7 +123,7 @@ class SigningKeys:
         found = self._find(kid, alg)
         if found is not None:
             return found
-        now = time.monotonic()
+        now = self._clock.monotonic()
         missing_until = self._unknown.get(kid)
         if missing_until is not None and missing_until > now:
             return "Token is signed with a key the issuer does not publish"
@@ -153,7 +143,7 @@ class SigningKeys:
             cooldown = self._config.jwks_refetch_cooldown
             raise IssuerUnavailable(self._failure.message, retry_after=max(1, math.ceil(cooldown)))
         if self._config.unknown_kid_ttl > 0:
-            self._unknown[kid] = time.monotonic() + self._config.unknown_kid_ttl
+            self._unknown[kid] = self._clock.monotonic() + self._config.unknown_kid_ttl
             self._unknown.move_to_end(kid)
             if len(self._unknown) > self._max_unknown:
                 self._unknown.popitem(last=False)
@@ -205,7 +195,7 @@ class SigningKeys:
         except IssuerUnavailable as e:
             log.warning("JWKS fetch failed: %s", e.message)
         finally:
-            self._refetched_at = time.monotonic()
+            self._refetched_at = self._clock.monotonic()
 
     async def _refresh(self) -> None:
         try:
@@ -233,30 +223,15 @@ class SigningKeys:
         url = self._metadata.require().endpoint("jwks_uri")
         if url is None:
             raise IssuerUnavailable("The authentication service advertises no jwks_uri")
-        with self._limit.slot(), self._metrics.issuer_call("jwks") as call:
-            try:
-                async with self._session.get(
-                    url,
-                    headers={"Accept": "application/json"},
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as resp:
-                    call.status = resp.status
-                    if resp.status != 200:
-                        log.error("the JWKS answered HTTP %s", resp.status)
-                        raise IssuerUnavailable(
-                            "The authentication service's keys are unavailable",
-                            retry_after=retry_after(resp),
-                        )
-                    body = bytearray()
-                    async for chunk in resp.content.iter_any():
-                        body += chunk
-                        if len(body) > MAX_JWKS_BYTES:
-                            raise ValueError("JWKS too large")
-                document = json.loads(body)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                log.warning("JWKS fetch failed: %s", type(e).__name__)
-                raise IssuerUnavailable("The authentication service's keys are unavailable") from e
+        async with self._http.call("jwks", url, unreachable=_UNREACHABLE) as answer:
+            if answer.status != 200:
+                raise answer.refused("the JWKS", _UNAVAILABLE)
+            body = bytearray()
+            async for chunk in answer.response.content.iter_any():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError("JWKS too large")
+            document = json.loads(body)
             entries = document.get("keys") if isinstance(document, dict) else None
             if not isinstance(entries, list):
                 raise IssuerUnavailable("The authentication service's JWKS is malformed")
@@ -268,15 +243,21 @@ class SigningKeys:
                 raise IssuerUnavailable("The authentication service's JWKS has no signing key")
         return keys
 
+    def next_refresh(self) -> float:
+        """Seconds until the next background refresh: ``jwks_refresh_interval``, or the
+        cooldown while no JWKS was ever loaded."""
+        if self.loaded:
+            return self._config.jwks_refresh_interval
+        return self._config.jwks_refetch_cooldown
+
+    async def refresh(self) -> None:
+        """One background refresh, once the discovery document is loaded; a failure is
+        logged, and the keys held are kept."""
+        if self._metadata.current is not None:
+            await self._flight.run("jwks", self._refresh)
+
     async def refresh_forever(self) -> None:
-        """Background task: refetch every ``jwks_refresh_interval`` (every cooldown while
-        no JWKS was ever loaded)."""
+        """Background task: :meth:`refresh` every :meth:`next_refresh` seconds."""
         while True:
-            delay = (
-                self._config.jwks_refresh_interval
-                if self.loaded
-                else self._config.jwks_refetch_cooldown
-            )
-            await asyncio.sleep(delay)
-            if self._metadata.current is not None:
-                await self._flight.run("jwks", self._refresh)
+            await asyncio.sleep(self.next_refresh())
+            await self.refresh()

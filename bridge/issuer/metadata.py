@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
-from bridge.ops.metrics import Metrics
+from bridge.issuer.http import IssuerHTTP
 
 log = logging.getLogger("bridge.issuer")
 
@@ -37,6 +34,10 @@ class DiscoveryFailed(IssuerUnavailable):
     def __init__(self, message: str, answered: int | None = None) -> None:
         super().__init__(message)
         self.answered = answered
+
+
+def _failed(error: Exception, status: int) -> DiscoveryFailed:
+    return DiscoveryFailed(f"Discovery failed: {type(error).__name__}", status or None)
 
 
 class IssuerMismatch(DiscoveryFailed):
@@ -62,19 +63,16 @@ class Metadata:
 class IssuerMetadata:
     """Holds the current :class:`Metadata`, or ``None`` until the issuer first answers."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, config: IssuerConfig, metrics: Metrics | None = None
-    ) -> None:
-        self._session = session
+    def __init__(self, http: IssuerHTTP, config: IssuerConfig) -> None:
+        self._http = http
         self._config = config
-        self._metrics = metrics if metrics is not None else Metrics()
         self.current: Metadata | None = None
-        # time.monotonic() of the last successful fetch.
+        # http.clock.monotonic() of the last successful fetch.
         self.fetched_at: float | None = None
 
     def age(self) -> float | None:
         """Seconds since the document was last fetched (None: never)."""
-        return None if self.fetched_at is None else time.monotonic() - self.fetched_at
+        return None if self.fetched_at is None else self._http.clock.monotonic() - self.fetched_at
 
     def max_age(self) -> float:
         """How old the document may be and still count as fresh: two refresh intervals
@@ -101,19 +99,14 @@ class IssuerMetadata:
     async def fetch(self) -> Metadata:
         """Fetch and validate the discovery document; keep it if valid."""
         url = discovery_url(self._config.issuer)
-        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        with self._metrics.issuer_call("discovery") as call:
-            try:
-                async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
-                    call.status = resp.status
-                    if resp.status != 200:
-                        raise DiscoveryFailed(f"Discovery answered HTTP {resp.status}", resp.status)
-                    document = await resp.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                answered = call.status or None
-                raise DiscoveryFailed(f"Discovery failed: {type(e).__name__}", answered) from e
+        # Not bounded by the in-flight limit: a flood of made-up tokens that fills it
+        # must not keep the document from being refreshed.
+        async with self._http.call("discovery", url, unreachable=_failed, bounded=False) as answer:
+            if answer.status != 200:
+                raise DiscoveryFailed(f"Discovery answered HTTP {answer.status}", answer.status)
+            document = await answer.response.json(content_type=None)
             if not isinstance(document, dict):
-                raise DiscoveryFailed("Discovery document is not a JSON object", call.status)
+                raise DiscoveryFailed("Discovery document is not a JSON object", answer.status)
         if document.get("issuer") != self._config.issuer:
             # A mismatch means a misconfiguration or a mix-up attack (RFC 8414 §3.3):
             # what was trusted before is not any more. Tokens validated already keep
@@ -124,9 +117,9 @@ class IssuerMetadata:
             raise IssuerMismatch(document.get("issuer"), self._config.issuer)
         metadata = Metadata(document, json.dumps(document).encode())
         self.current = metadata
-        self.fetched_at = time.monotonic()
+        self.fetched_at = self._http.clock.monotonic()
         log.debug("issuer metadata fetched from %s", url)
-        self._metrics.issuer_metadata_fetched()
+        self._http.metrics.issuer_metadata_fetched()
         return metadata
 
     async def refresh_forever(self) -> None:

@@ -24,13 +24,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import aiohttp
-
 from bridge.errors import IssuerUnavailable
-from bridge.issuer import introspection
-from bridge.issuer.limit import InflightLimit
+from bridge.issuer.http import ClientAuth, IssuerHTTP, unreachable
 from bridge.issuer.metadata import IssuerMetadata
-from bridge.ops.metrics import Metrics
 
 log = logging.getLogger("bridge.issuer")
 
@@ -68,26 +64,12 @@ class OAuthClient:
     """Calls the issuer's token and revocation endpoints as the bridge's login client."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        metadata: IssuerMetadata,
-        limit: InflightLimit,
-        *,
-        client_id: str,
-        client_secret: str,
-        client_auth: str,
-        timeout: float,
-        metrics: Metrics | None = None,
+        self, http: IssuerHTTP, metadata: IssuerMetadata, *, client_id: str, auth: ClientAuth
     ) -> None:
-        self._metrics = metrics if metrics is not None else Metrics()
-        self._session = session
+        self._http = http
         self._metadata = metadata
-        self._limit = limit
         self.client_id = client_id
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._headers, self._form_auth = introspection.client_auth(
-            client_auth, client_id, client_secret
-        )
+        self._auth = auth
 
     def _endpoint(self, name: str) -> str:
         endpoint = self._metadata.require().endpoint(name)
@@ -173,38 +155,28 @@ class OAuthClient:
         makes the result of a 200 answer's JSON object (an empty one if there is none),
         or raises IssuerUnavailable (a malformed answer)."""
         endpoint = self._endpoint(endpoint_name)
-        with self._limit.slot(), self._metrics.issuer_call(what) as call:
+        async with self._http.call(
+            what,
+            endpoint,
+            form=form,
+            auth=self._auth,
+            unreachable=unreachable(f"{what} request", "The authentication service is unreachable"),
+        ) as answer:
             try:
-                async with self._session.post(
-                    endpoint,
-                    data={**form, **self._form_auth},
-                    headers=self._headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as resp:
-                    call.status = status = resp.status
-                    retry = introspection.retry_after(resp)
-                    try:
-                        answer = await resp.json(content_type=None)
-                    except ValueError:
-                        answer = None
-            except (aiohttp.ClientError, TimeoutError) as e:
-                log.warning("%s request failed: %s", what, type(e).__name__)
-                raise IssuerUnavailable("The authentication service is unreachable") from e
-            if status == 200:
-                return read(answer if isinstance(answer, dict) else {})
-            error = answer.get("error") if isinstance(answer, dict) else None
-            if status in (400, 401) and isinstance(error, str):
+                body = await answer.response.json(content_type=None)
+            except ValueError:
+                body = None
+            if answer.status == 200:
+                return read(body if isinstance(body, dict) else {})
+            error = body.get("error") if isinstance(body, dict) else None
+            if answer.status in (400, 401) and isinstance(error, str):
                 # invalid_grant, invalid_request, unsupported_token_type, ...; 401
                 # invalid_client is the bridge's own configuration, but refusing the
                 # grant is still the honest answer to the client.
                 if error == "invalid_client":
                     log.error("the issuer refused the bridge's login client (%s)", what)
                 raise GrantRefused(error)
-            log.error("%s answered HTTP %s", what, status)
-            raise IssuerUnavailable(
-                "The authentication service could not answer", retry_after=retry
-            )
+            raise answer.refused(what, "The authentication service could not answer")
 
 
 def _token_response(answer: dict[str, Any]) -> TokenResponse:

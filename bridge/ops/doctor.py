@@ -36,8 +36,12 @@ from bridge import USER_AGENT
 from bridge.config import BridgeConfig, load_config
 from bridge.errors import ConfigError
 from bridge.homeserver.probe import Probe, ProbeFailed
-from bridge.issuer.introspection import TOKEN_ERRORS, client_auth
+from bridge.issuer.http import IssuerHTTP, client_auth
+from bridge.issuer.introspection import TOKEN_ERRORS
+from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import DiscoveryFailed, IssuerMetadata, IssuerMismatch, discovery_url
+from bridge.ops.metrics import Metrics
+from bridge.runtime.clock import SYSTEM_CLOCK
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 11
@@ -148,7 +152,12 @@ class Doctor:
         url = discovery_url(issuer)
         hint = f"is the issuer running, and reachable from this host? (issuer.issuer: {issuer})"
         try:
-            metadata = await IssuerMetadata(self.session, self.config.issuer).fetch()
+            # Counted in metrics of its own, which no one scrapes; discovery takes no slot.
+            config = self.config.issuer
+            http = IssuerHTTP(
+                self.session, InflightLimit(1), Metrics(), SYSTEM_CLOCK, config.timeout
+            )
+            metadata = await IssuerMetadata(http, config).fetch()
         except IssuerMismatch as e:
             raise CheckFailed(
                 f"the document names issuer {e.named!r}, configured {issuer!r}",

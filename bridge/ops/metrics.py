@@ -24,7 +24,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, Literal
 
 import aiohttp
 from prometheus_client import (
@@ -104,26 +104,38 @@ CLOSED_DOOR_RULES: Final = (
     "cross_signing_reset",
 )
 
-# Seconds: the bridge's own answers take well under a millisecond.
-_REQUEST_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+# Seconds, for calls to the issuer; for requests (and homeserver calls) half a millisecond
+# below, as the bridge's own answers take well under one, and up to a minute above.
 _CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_REQUEST_BUCKETS = (0.0005, *_CALL_BUCKETS, 30.0, 60.0)
+
+# Every family's help text, by name (without PREFIX and the ``_total`` suffix):
+# Metrics gives each its type and labels.
+_HELP: Final = {
+    "requests": "Requests answered, by route group, method and status class.",
+    "request_duration_seconds": "Time from a request's arrival to its answer, by route group.",
+    "requests_in_flight": "Requests being answered now.",
+    "homeserver_request_duration_seconds": (
+        "Time until the homeserver's answer headers, by kind of call."
+    ),
+    "homeserver_errors": "Homeserver calls that failed, by kind of call and of failure.",
+    "issuer_requests": "Calls to the issuer, by kind and outcome.",
+    "issuer_request_duration_seconds": "Duration of calls to the issuer, by kind.",
+    "issuer_metadata_last_success_timestamp_seconds": (
+        "When the issuer's discovery document was last fetched (Unix time)."
+    ),
+    "token_cache_lookups": "Token cache lookups: hit, negative_hit (a known-bad token), miss.",
+    "token_cache_evictions": "Live sessions pushed out of the full token cache (not expiries).",
+    "token_cache_entries": (
+        "Entries in the token cache: positive (sessions) and negative (refused tokens)."
+    ),
+    "token_validations": "Tokens judged by the issuer (cache misses), by outcome.",
+    "provisioning_requests": (
+        "MAS's provisioning calls (/_synapse/mas/*), by endpoint and status class."
+    ),
+    "closed_door_refusals": "Requests refused at a closed door, by rule.",
+    "build_info": "The bridge's version and its runtime's (always 1).",
+}
 
 _METHOD_LABEL = {method: method for method in METHODS}
 
@@ -133,106 +145,57 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+# How a gauge's values from several workers add up (prometheus-client's multiprocess_mode).
+AddsUp = Literal["livesum", "livemin", "max"]
+
+
+class _Families:
+    """Makes the families of one registry: named with PREFIX, described by _HELP."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def counter(self, name: str, *labels: str) -> Counter:
+        return Counter(PREFIX + name, _HELP[name], labels, registry=self._registry)
+
+    def gauge(self, name: str, *labels: str, adds_up: AddsUp) -> Gauge:
+        return Gauge(
+            PREFIX + name, _HELP[name], labels, registry=self._registry, multiprocess_mode=adds_up
+        )
+
+    def histogram(
+        self, name: str, *labels: str, buckets: tuple[float, ...] = _REQUEST_BUCKETS
+    ) -> Histogram:
+        return Histogram(
+            PREFIX + name, _HELP[name], labels, buckets=buckets, registry=self._registry
+        )
+
+
 class Metrics:
     """The bridge's metric families, registered in ``registry`` (one per application)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            PREFIX + "requests",
-            "Requests answered, by route group, method and status class.",
-            ("route", "method", "status"),
-            registry=r,
+        family = _Families(self.registry)
+        self.requests = family.counter("requests", "route", "method", "status")
+        self.request_duration = family.histogram("request_duration_seconds", "route")
+        self.in_flight = family.gauge("requests_in_flight", adds_up="livesum")
+        self.homeserver_duration = family.histogram("homeserver_request_duration_seconds", "call")
+        self.homeserver_errors = family.counter("homeserver_errors", "call", "kind")
+        self.issuer_requests = family.counter("issuer_requests", "call", "outcome")
+        self.issuer_duration = family.histogram(
+            "issuer_request_duration_seconds", "call", buckets=_CALL_BUCKETS
         )
-        self.request_duration = Histogram(
-            PREFIX + "request_duration_seconds",
-            "Time from a request's arrival to its answer, by route group.",
-            ("route",),
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
+        self.issuer_metadata_loaded = family.gauge(
+            "issuer_metadata_last_success_timestamp_seconds", adds_up="livemin"
         )
-        self.in_flight = Gauge(
-            PREFIX + "requests_in_flight",
-            "Requests being answered now.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.homeserver_duration = Histogram(
-            PREFIX + "homeserver_request_duration_seconds",
-            "Time until the homeserver's answer headers, by kind of call.",
-            ("call",),
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
-        )
-        self.homeserver_errors = Counter(
-            PREFIX + "homeserver_errors",
-            "Homeserver calls that failed, by kind of call and of failure.",
-            ("call", "kind"),
-            registry=r,
-        )
-        self.issuer_requests = Counter(
-            PREFIX + "issuer_requests",
-            "Calls to the issuer, by kind and outcome.",
-            ("call", "outcome"),
-            registry=r,
-        )
-        self.issuer_duration = Histogram(
-            PREFIX + "issuer_request_duration_seconds",
-            "Duration of calls to the issuer, by kind.",
-            ("call",),
-            buckets=_CALL_BUCKETS,
-            registry=r,
-        )
-        self.issuer_metadata_loaded = Gauge(
-            PREFIX + "issuer_metadata_last_success_timestamp_seconds",
-            "When the issuer's discovery document was last fetched (Unix time).",
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.token_cache_lookups = Counter(
-            PREFIX + "token_cache_lookups",
-            "Token cache lookups: hit, negative_hit (a known-bad token), miss.",
-            ("result",),
-            registry=r,
-        )
-        self.token_cache_evictions = Counter(
-            PREFIX + "token_cache_evictions",
-            "Live sessions pushed out of the full token cache (not expiries).",
-            registry=r,
-        )
-        self.token_cache_entries = Gauge(
-            PREFIX + "token_cache_entries",
-            "Entries in the token cache: positive (sessions) and negative (refused tokens).",
-            ("cache",),
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.token_validations = Counter(
-            PREFIX + "token_validations",
-            "Tokens judged by the issuer (cache misses), by outcome.",
-            ("outcome",),
-            registry=r,
-        )
-        self.provisioning_requests = Counter(
-            PREFIX + "provisioning_requests",
-            "MAS's provisioning calls (/_synapse/mas/*), by endpoint and status class.",
-            ("endpoint", "status"),
-            registry=r,
-        )
-        self.closed_door_refusals = Counter(
-            PREFIX + "closed_door_refusals",
-            "Requests refused at a closed door, by rule.",
-            ("rule",),
-            registry=r,
-        )
-        self.build_info = Gauge(
-            PREFIX + "build_info",
-            "The bridge's version and its runtime's (always 1).",
-            ("version", "python", "aiohttp"),
-            registry=r,
-            multiprocess_mode="max",
-        )
+        self.token_cache_lookups = family.counter("token_cache_lookups", "result")
+        self.token_cache_evictions = family.counter("token_cache_evictions")
+        self.token_cache_entries = family.gauge("token_cache_entries", "cache", adds_up="livesum")
+        self.token_validations = family.counter("token_validations", "outcome")
+        self.provisioning_requests = family.counter("provisioning_requests", "endpoint", "status")
+        self.closed_door_refusals = family.counter("closed_door_refusals", "rule")
+        self.build_info = family.gauge("build_info", "version", "python", "aiohttp", adds_up="max")
         self.build_info.labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
 
         # Children resolved once: the request path only looks them up.

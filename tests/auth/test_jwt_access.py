@@ -16,9 +16,12 @@ from pytest_aiohttp import AiohttpServer
 from bridge.auth.jwt_access import JwtVerifier, unverified_header
 from bridge.auth.verifier import ClaimRules, JwtThenIntrospection, Verdict, looks_like_jwt
 from bridge.errors import IssuerUnavailable
+from bridge.issuer.http import IssuerHTTP
 from bridge.issuer.jwks import SigningKeys
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.ops.metrics import Metrics
+from bridge.runtime.clock import SYSTEM_CLOCK
 from tests.fakes import PUBLIC_BASEURL, FakeIssuer, SigningKey, bridge_config
 
 MakeVerifier = Callable[..., Awaitable[JwtVerifier]]
@@ -46,9 +49,10 @@ def make_verifier(issuer: FakeIssuer, session: aiohttp.ClientSession) -> MakeVer
     async def make(**issuer_settings: Any) -> JwtVerifier:
         overrides = {"issuer": {"validation": "jwt", **issuer_settings}}
         config = bridge_config(issuer.url, "http://127.0.0.1:9", overrides)
-        metadata = IssuerMetadata(session, config.issuer)
+        http = IssuerHTTP(session, InflightLimit(8), Metrics(), SYSTEM_CLOCK, config.issuer.timeout)
+        metadata = IssuerMetadata(http, config.issuer)
         await metadata.fetch()
-        keys = SigningKeys(session, metadata, config.issuer, InflightLimit(8), max_unknown=100)
+        keys = SigningKeys(http, metadata, config.issuer, max_unknown=100)
         await keys.fetch()
         return JwtVerifier(keys, metadata, config, ClaimRules.from_config(config))
 

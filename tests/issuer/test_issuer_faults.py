@@ -23,7 +23,10 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from bridge.errors import IssuerUnavailable
 from bridge.issuer import metadata as metadata_module
+from bridge.issuer.http import IssuerHTTP
+from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
+from bridge.ops.metrics import Metrics
 from bridge.runtime.clock import SYSTEM_CLOCK, Clock
 from bridge.state import ISSUER_METADATA
 from tests.fakes import (
@@ -347,7 +350,8 @@ async def test_metadata_is_retried_quickly_while_not_trusted(
     issuer.fake.discovery_issuer = "https://evil.example/"
     config = bridge_config(issuer.fake.url, "http://127.0.0.1:9")
     async with aiohttp.ClientSession() as session:
-        metadata = IssuerMetadata(session, config.issuer)
+        http = IssuerHTTP(session, InflightLimit(8), Metrics(), SYSTEM_CLOCK, config.issuer.timeout)
+        metadata = IssuerMetadata(http, config.issuer)
         with pytest.raises(IssuerUnavailable):
             await metadata.fetch()
         task = asyncio.create_task(metadata.refresh_forever())

@@ -1,4 +1,8 @@
-"""SigningKeys: the issuer's JWKS by kid, refetch with cooldown, key types, faults."""
+"""SigningKeys: the issuer's JWKS by kid, refetch with cooldown, key types, faults.
+
+The cooldown, the unknown-kid memory and the refresh interval are read from a
+:class:`FakeClock`: the tests advance it instead of sleeping.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,16 @@ from pytest_aiohttp import AiohttpServer
 
 from bridge.config import IssuerConfig
 from bridge.errors import IssuerUnavailable
+from bridge.issuer.http import IssuerHTTP
 from bridge.issuer.jwks import MAX_JWKS_BYTES, SigningKeys, fits
 from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.ops.metrics import Metrics
 from tests.fakes import FakeIssuer, Fault, SigningKey, bridge_config
+from tests.support.clock import FakeClock
 
-COOLDOWN = 0.3
+COOLDOWN = 30.0
+REFRESH_INTERVAL = 600.0
 MakeKeys = Callable[..., Awaitable[SigningKeys]]
 
 
@@ -28,19 +35,46 @@ async def issuer(aiohttp_server: AiohttpServer) -> FakeIssuer:
 
 
 @pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
 
 
 def issuer_config(issuer: FakeIssuer, **jwt: Any) -> IssuerConfig:
-    settings = {"jwks_refetch_cooldown": COOLDOWN, "unknown_kid_ttl": 60, **jwt}
+    settings = {
+        "jwks_refetch_cooldown": COOLDOWN,
+        "jwks_refresh_interval": REFRESH_INTERVAL,
+        "unknown_kid_ttl": 60,
+        **jwt,
+    }
     overrides = {"issuer": {"validation": "jwt", "timeout": 0.5, "jwt": settings}}
     return bridge_config(issuer.url, "http://127.0.0.1:9", overrides).issuer
 
 
+async def signing_keys(
+    session: aiohttp.ClientSession,
+    config: IssuerConfig,
+    clock: FakeClock,
+    *,
+    limit: InflightLimit | None = None,
+    max_unknown: int = 100,
+    metrics: Metrics | None = None,
+) -> SigningKeys:
+    """SigningKeys over the fake issuer, its discovery document fetched."""
+    metrics = metrics or Metrics()
+    http = IssuerHTTP(session, limit or InflightLimit(8), metrics, clock, config.timeout)
+    metadata = IssuerMetadata(http, config)
+    await metadata.fetch()
+    return SigningKeys(http, metadata, config, max_unknown=max_unknown)
+
+
 @pytest.fixture
-def make_keys(issuer: FakeIssuer, session: aiohttp.ClientSession) -> MakeKeys:
+def make_keys(issuer: FakeIssuer, session: aiohttp.ClientSession, clock: FakeClock) -> MakeKeys:
     async def make(
         *,
         limit: InflightLimit | None = None,
@@ -49,11 +83,7 @@ def make_keys(issuer: FakeIssuer, session: aiohttp.ClientSession) -> MakeKeys:
         **jwt: Any,
     ) -> SigningKeys:
         config = issuer_config(issuer, **jwt)
-        metadata = IssuerMetadata(session, config)
-        await metadata.fetch()
-        keys = SigningKeys(
-            session, metadata, config, limit or InflightLimit(8), max_unknown=max_unknown
-        )
+        keys = await signing_keys(session, config, clock, limit=limit, max_unknown=max_unknown)
         if fetch:
             await keys.fetch()
         return keys
@@ -148,18 +178,18 @@ async def test_a_malformed_key_is_unusable_and_the_others_still_work(
 
 
 async def test_an_unknown_kid_causes_one_refetch_then_is_refused_without_fetching(
-    keys: SigningKeys, issuer: FakeIssuer
+    keys: SigningKeys, issuer: FakeIssuer, clock: FakeClock
 ) -> None:
     assert isinstance(await keys.key("made-up", "RS256"), str)
     assert issuer.jwks_requests == 2
-    await asyncio.sleep(COOLDOWN * 1.5)  # even after the cooldown: the kid is known missing
+    clock.advance(COOLDOWN * 1.5)  # even after the cooldown: the kid is known missing
     reason = await keys.key("made-up", "RS256")
     assert reason == "Token is signed with a key the issuer does not publish"
     assert issuer.jwks_requests == 2
 
 
 async def test_another_unknown_kid_during_the_cooldown_is_503_not_401(
-    keys: SigningKeys, issuer: FakeIssuer
+    keys: SigningKeys, issuer: FakeIssuer, clock: FakeClock
 ) -> None:
     await keys.key("made-up", "RS256")
     with pytest.raises(IssuerUnavailable) as info:
@@ -167,7 +197,7 @@ async def test_another_unknown_kid_during_the_cooldown_is_503_not_401(
     assert info.value.status == 503
     assert int(info.value.headers["Retry-After"]) >= 1
     assert issuer.jwks_requests == 2
-    await asyncio.sleep(COOLDOWN * 1.2)
+    clock.advance(COOLDOWN * 1.2)
     assert isinstance(await keys.key("another", "RS256"), str)
     assert issuer.jwks_requests == 3
 
@@ -182,11 +212,11 @@ async def test_a_thousand_concurrent_lookups_of_one_unknown_kid_share_one_fetch(
 
 
 async def test_a_flood_of_random_kids_reaches_the_issuer_once_per_cooldown(
-    keys: SigningKeys, issuer: FakeIssuer
+    keys: SigningKeys, issuer: FakeIssuer, clock: FakeClock
 ) -> None:
     issuer.jwks_delay = 0.05
     for round_ in (1, 2):
-        await asyncio.sleep(COOLDOWN * 1.2)
+        clock.advance(COOLDOWN * 1.2)
         answers = await asyncio.gather(
             *(keys.key(f"random-{round_}-{n}", "ES256") for n in range(1000)),
             return_exceptions=True,
@@ -195,10 +225,10 @@ async def test_a_flood_of_random_kids_reaches_the_issuer_once_per_cooldown(
         assert issuer.jwks_requests == 1 + round_
 
 
-async def test_the_unknown_kid_memory_is_bounded(make_keys: MakeKeys) -> None:
+async def test_the_unknown_kid_memory_is_bounded(make_keys: MakeKeys, clock: FakeClock) -> None:
     keys = await make_keys(max_unknown=3, jwks_refetch_cooldown=0.1)
     for n in range(6):
-        await asyncio.sleep(0.12)
+        clock.advance(0.12)
         await keys.key(f"made-up-{n}", "RS256")
     assert list(keys._unknown) == ["made-up-3", "made-up-4", "made-up-5"]
 
@@ -249,7 +279,7 @@ JWKS_FAULTS = [
 
 @pytest.mark.parametrize("fault", JWKS_FAULTS)
 async def test_a_failed_fetch_is_503_and_keeps_the_keys_held(
-    keys: SigningKeys, issuer: FakeIssuer, fault: Fault
+    keys: SigningKeys, issuer: FakeIssuer, clock: FakeClock, fault: Fault
 ) -> None:
     issuer.jwks_fault = fault
     with pytest.raises(IssuerUnavailable) as info:
@@ -259,13 +289,13 @@ async def test_a_failed_fetch_is_503_and_keeps_the_keys_held(
         assert info.value.headers["Retry-After"] == "7"
     assert not isinstance(await keys.key("rs-1", "RS256"), str)  # still held
     # An unknown kid meanwhile cannot be judged: 503, never 401.
-    await asyncio.sleep(COOLDOWN * 1.2)
+    clock.advance(COOLDOWN * 1.2)
     with pytest.raises(IssuerUnavailable):
         await keys.key("new-kid", "RS256")
     # Recovery without a restart.
     issuer.jwks_fault = None
     new = issuer.rotate("RS256")
-    await asyncio.sleep(COOLDOWN * 1.2)
+    clock.advance(COOLDOWN * 1.2)
     assert not isinstance(await keys.key(new.kid, "RS256"), str)
 
 
@@ -301,18 +331,16 @@ async def test_keys_are_loaded_in_the_background_once_the_issuer_answers(
 ) -> None:
     issuer.jwks_fault = Fault.json({}, status=503)
     keys = await make_keys(fetch=False, jwks_refetch_cooldown=0.1)
-    task = asyncio.create_task(keys.refresh_forever())
-    try:
-        await asyncio.sleep(0.25)
-        assert not keys.loaded
-        issuer.jwks_fault = None
-        for _ in range(50):
-            if keys.loaded:
-                break
-            await asyncio.sleep(0.05)
-        assert keys.kids == {"rs-1", "es-1"}
-    finally:
-        task.cancel()
+    # Retried every cooldown while none was ever loaded, then every refresh interval.
+    assert keys.next_refresh() == 0.1
+    await keys.refresh()
+    assert not keys.loaded
+    assert keys.next_refresh() == 0.1
+    issuer.jwks_fault = None
+    await keys.refresh()
+    assert keys.loaded
+    assert keys.kids == {"rs-1", "es-1"}
+    assert keys.next_refresh() == REFRESH_INTERVAL
 
 
 @pytest.mark.parametrize(
@@ -320,13 +348,14 @@ async def test_keys_are_loaded_in_the_background_once_the_issuer_answers(
     [(Fault.json({}, status=404), "refused"), (Fault.json({}, status=500), "error")],
 )
 async def test_jwks_fetch_outcomes_are_labelled_as_for_the_other_issuer_calls(
-    issuer: FakeIssuer, session: aiohttp.ClientSession, fault: Fault, outcome: str
+    issuer: FakeIssuer,
+    session: aiohttp.ClientSession,
+    clock: FakeClock,
+    fault: Fault,
+    outcome: str,
 ) -> None:
-    config = issuer_config(issuer)
-    metadata = IssuerMetadata(session, config)
-    await metadata.fetch()
     metrics = Metrics()
-    keys = SigningKeys(session, metadata, config, InflightLimit(8), max_unknown=10, metrics=metrics)
+    keys = await signing_keys(session, issuer_config(issuer), clock, metrics=metrics)
     await keys.fetch()
     issuer.jwks_fault = fault
     with pytest.raises(IssuerUnavailable):

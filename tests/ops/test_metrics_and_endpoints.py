@@ -18,8 +18,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from bridge.app import create_app
 from bridge.errors import IssuerUnavailable
 from bridge.issuer.oauth import GrantRefused
-from bridge.ops.endpoints import create_ops_app
 from bridge.ops import metrics as m
+from bridge.ops.endpoints import create_ops_app
 from bridge.ops.metrics import PREFIX
 from bridge.routes.provisioning import ENDPOINTS
 from bridge.runtime.reload import Reloader
@@ -448,7 +448,7 @@ async def test_a_second_reload_of_the_same_file_applies_nothing_new(
         },
     )
     reloader = Reloader(app, Path("unused.yaml"), Notifier(""), lambda _logging: None)
-    caplog.set_level("INFO", "bridge.runtime.reload")
+    caplog.set_level("INFO", "bridge.runtime")
     reloader.apply(reloaded)
     assert (
         "reload: applying homeserver.admin_api_allowlist, issuer.audiences, issuer.client_ids, "
