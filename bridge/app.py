@@ -52,9 +52,7 @@ from bridge.login import backchannel, matrix, sso
 from bridge.login.jwts import JwtChecks, SigningKeySource
 from bridge.login.service import LoginLayer
 from bridge.ops.metrics import Metrics, multiprocess_dir
-from bridge.routes import client, discovery, well_known
-from bridge.routes import mas_compat as compat
-from bridge.routes import provisioning as mas_api
+from bridge.routes import client, discovery, mas_compat, provisioning, well_known
 from bridge.routes.closed_doors import refuse
 from bridge.runtime.background import running
 from bridge.runtime.clock import SYSTEM_CLOCK, Clock
@@ -64,9 +62,8 @@ from bridge.state import (
     CLOCK,
     CONFIG,
     FORWARDER,
-    ISSUER_LIMIT,
+    ISSUER_HTTP,
     ISSUER_METADATA,
-    ISSUER_SESSION,
     LIVE,
     LOGIN,
     LOGOUT_MOMENTS,
@@ -101,15 +98,14 @@ async def issuer_client(app: web.Application) -> AsyncIterator[None]:
     issuer = config.issuer
     metrics = app[METRICS]
     async with _session() as session:
-        limit = app[ISSUER_LIMIT] = InflightLimit(issuer.max_inflight)
-        http = IssuerHTTP(session, limit, metrics, app[CLOCK], issuer.timeout)
+        limit = InflightLimit(issuer.max_inflight)
+        http = app[ISSUER_HTTP] = IssuerHTTP(session, limit, metrics, app[CLOCK], issuer.timeout)
         metadata = IssuerMetadata(http, issuer)
         try:
             await metadata.fetch()
         except IssuerUnavailable as e:
             log.warning("issuer metadata not loaded at start, retrying: %s", e.message)
         app[ISSUER_METADATA] = metadata
-        app[ISSUER_SESSION] = session
         rules = ClaimRules.from_config(config)
         refreshing = [metadata.refresh_forever()]
         verifier: TokenVerifier | None = None
@@ -251,11 +247,8 @@ async def login_layer(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     moments = app[LOGOUT_MOMENTS]
     client_id, client_secret, client_auth = config.login.client(config.issuer.introspection)
-    http = IssuerHTTP(
-        app[ISSUER_SESSION], app[ISSUER_LIMIT], app[METRICS], app[CLOCK], config.issuer.timeout
-    )
     auth = issuer_client_auth(client_auth, client_id, client_secret)
-    oauth = OAuthClient(http, app[ISSUER_METADATA], client_id=client_id, auth=auth)
+    oauth = OAuthClient(app[ISSUER_HTTP], app[ISSUER_METADATA], client_id=client_id, auth=auth)
     jwts = JwtChecks(
         issuer=config.issuer.issuer,
         client_id=client_id,
@@ -435,9 +428,9 @@ def create_app(
     discovery.add_routes(app)
     if config.issuer.kind == "mas":
         # Authenticated by MAS's shared secret, not by the client auth middleware.
-        mas_api.add_routes(app)
+        provisioning.add_routes(app)
         # Legacy login, logout and refresh: MAS's compatibility layer.
-        compat.add_routes(app)
+        mas_compat.add_routes(app)
     elif config.login is not None:
         # Legacy login, logout and refresh, and back-channel logout: the bridge's own.
         matrix.add_routes(app)

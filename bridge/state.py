@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from bridge.auth.cache import CachedAuthenticator
@@ -16,8 +15,8 @@ from bridge.forward.forwarder import Forwarder
 from bridge.homeserver.appservice import AppserviceClient
 from bridge.homeserver.provisioning import Provisioning
 from bridge.homeserver.strategy import IdentityStrategy
+from bridge.issuer.http import IssuerHTTP
 from bridge.issuer.jwks import SigningKeys
-from bridge.issuer.limit import InflightLimit
 from bridge.issuer.metadata import IssuerMetadata
 from bridge.login.service import LoginLayer
 from bridge.ops.metrics import Metrics
@@ -51,9 +50,8 @@ STORE = web.AppKey("store", Store)
 RESET_APPROVALS = web.AppKey("reset_approvals", CrossSigningResetApprovals)
 # MAS's provisioning API, only with issuer.kind: mas.
 PROVISIONING = web.AppKey("provisioning", Provisioning)
-# The issuer's pooled session and the bound on calls in flight to it.
-ISSUER_SESSION = web.AppKey("issuer_session", aiohttp.ClientSession)
-ISSUER_LIMIT = web.AppKey("issuer_limit", InflightLimit)
+# Every call to the issuer: its pooled session, the bound on calls in flight, metrics.
+ISSUER_HTTP = web.AppKey("issuer_http", IssuerHTTP)
 # The issuer's JWKS: with JWT access tokens or the login layer (its ID and logout tokens).
 SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 STRATEGY = web.AppKey("strategy", IdentityStrategy)
